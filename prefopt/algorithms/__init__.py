@@ -1,0 +1,1 @@
+"""Algorithm modules on the shared engine."""

@@ -1,0 +1,99 @@
+"""Atomic, resumable checkpoints.
+
+A checkpoint directory holds the trainable weights (safetensors), the optimizer and
+scheduler states, the RNG states, the data position and the algorithm's state. It is
+written to a temporary directory and renamed into place, so a crash never leaves a
+half-written checkpoint; ``latest`` names the newest complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from prefopt.errors import TrainingError
+
+
+def _rng_state() -> dict:
+    """RNG states as tensors and plain lists, so ``torch.load(weights_only=True)`` reads them."""
+    version, keys, pos = random.getstate()
+    name, np_keys, np_pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(keys), pos],
+            "numpy": [name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, has_gauss,
+                      cached],
+            "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    version, keys, gauss_next = state["python"]
+    random.setstate((version, tuple(keys), gauss_next))
+    name, np_keys, np_pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np_keys.numpy().astype(np.uint32), np_pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+
+
+def trainable_state(named_params) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in named_params}
+
+
+def save_checkpoint(root: Path, step: int, params: dict[str, torch.Tensor], optimizer,
+                    scheduler, position: dict, module_state: dict, keep: int = 2) -> Path:
+    """Write ``root/step-{step}`` atomically and point ``root/latest`` at it."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=root))
+    try:
+        save_file(params, str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state()}, tmp / "state.pt")
+        (tmp / "trainer.json").write_text(json.dumps({"step": step, **position}))
+        (tmp / "module.json").write_text(json.dumps(module_state))
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise TrainingError(f"could not write checkpoint in {root}: {e}") from e
+    final = root / f"step-{step}"
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    (root / "latest.tmp").write_text(final.name)
+    (root / "latest.tmp").rename(root / "latest")
+    _prune(root, keep)
+    return final
+
+
+def _prune(root: Path, keep: int) -> None:
+    done = sorted((p for p in root.glob("step-*") if p.is_dir()),
+                  key=lambda p: int(p.name.split("-")[1]))
+    for old in done[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    marker = root / "latest"
+    if not marker.is_file():
+        return None
+    path = root / marker.read_text().strip()
+    return path if (path / "trainer.json").is_file() else None
+
+
+def load_checkpoint(path: Path, named_params: dict[str, torch.nn.Parameter], optimizer,
+                    scheduler) -> tuple[dict, dict]:
+    """Restore weights, optimizer, scheduler and RNG; return (position, module_state)."""
+    weights = load_file(str(path / "trainable.safetensors"))
+    missing = set(named_params) - set(weights)
+    if missing:
+        raise TrainingError(f"{path}: checkpoint lacks parameters {sorted(missing)[:3]}...")
+    with torch.no_grad():
+        for name, p in named_params.items():
+            p.copy_(weights[name])
+    state = torch.load(path / "state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    position = json.loads((path / "trainer.json").read_text())
+    return position, json.loads((path / "module.json").read_text())

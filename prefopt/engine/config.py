@@ -1,0 +1,40 @@
+"""The engine's configuration: optimisation, schedule, precision, logging, checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-4
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    adam_eps: float = 1e-8
+    """AdamW epsilon (1e-5 in the PPO N+ recipe of Huang et al. 2024)."""
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "linear"
+    """Decay after warm-up; linear decays to 0 at the last step."""
+    warmup_steps: int = 0
+    epochs: int = 1
+    """Passes over the training data (RL: over the prompts)."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps; 0 = run all epochs."""
+    batch_size: int = 8
+    """Examples (pairs, prompts) per batch; RL methods roll out this many prompts per step."""
+    micro_batch_size: int = 8
+    """Rows per forward/backward; gradients accumulate up to ``batch_size``."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm (0 = off)."""
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    log_every: int = 1
+    eval_every: int = 0
+    """Run the module's held-out evaluation every N steps (0 = only at the end)."""
+    save_every: int = 0
+    """Write a resumable checkpoint every N steps (0 = only at the end)."""
+    keep_checkpoints: int = 2
+    report_to: list[str] = field(default_factory=list)
+    """accelerate trackers, e.g. [tensorboard] or [wandb]."""
+    progress: bool = True
+    """Show a progress bar."""

@@ -1,0 +1,229 @@
+"""The one training loop every algorithm runs on (accelerate underneath)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import get_scheduler
+
+from prefopt.engine.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    trainable_state,
+)
+from prefopt.engine.config import TrainConfig
+from prefopt.engine.metrics import MetricsLog, mean_metrics, peak_memory_mb
+from prefopt.engine.module import Module
+from prefopt.errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    """Runs a ``Module``: rollout → updates (micro-batches, clip, step) → log → checkpoint."""
+
+    def __init__(self, module: Module, cfg: TrainConfig, out_dir: str | Path,
+                 accelerator: Accelerator | None = None):
+        self.module, self.cfg, self.out = module, cfg, Path(out_dir)
+        self.accelerator = accelerator or make_accelerator(cfg, self.out)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self._stop_signal: int | None = None
+
+    # ---- setup -------------------------------------------------------------------------
+    def _setup(self, resume: bool):
+        set_seed(self.cfg.seed)
+        self.named = {n: p for m in self.module.models() for n, p in _named_trainable(m)}
+        params = self.module.trainable_parameters()
+        if not params:
+            raise TrainingError("the module has no trainable parameters")
+        self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, eps=self.cfg.adam_eps,
+                                           weight_decay=self.cfg.weight_decay)
+        self.total_steps = self._count_steps()
+        self.scheduler = get_scheduler(self.cfg.lr_scheduler, self.optimizer,
+                                       num_warmup_steps=self.cfg.warmup_steps,
+                                       num_training_steps=max(self.total_steps, 1))
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", self.accelerator, resume=resume)
+        if resume:
+            self._resume()
+
+    def _count_steps(self) -> int:
+        per_epoch = sum(1 for _ in self.module.train_batches(0)) * self._updates_per_batch()
+        total = per_epoch * self.cfg.epochs
+        return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
+
+    def _updates_per_batch(self) -> int:
+        return getattr(self.module, "updates_per_batch", 1)
+
+    def _resume(self) -> None:
+        ckpt = latest_checkpoint(self.out / "checkpoints")
+        if ckpt is None:
+            log.info("no checkpoint in %s; starting from scratch", self.out / "checkpoints")
+            return
+        position, state = load_checkpoint(ckpt, self.named, self.optimizer, self.scheduler)
+        self.module.load_state_dict(state)
+        self.step, self.epoch = position["step"], position["epoch"]
+        self.batch_in_epoch = position["batch_in_epoch"]
+        self.metrics.truncate_after(self.step)
+        log.info("resumed from %s at step %d", ckpt, self.step)
+
+    # ---- loop --------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, float]:
+        self._setup(resume)
+        last: dict[str, float] = {}
+        with _graceful_stop(self):
+            for m in self.module.models():
+                m.train()
+            progress = _progress(self)
+            while self.epoch < self.cfg.epochs and not self._done():
+                for i, batch in enumerate(self.module.train_batches(self.epoch)):
+                    if i < self.batch_in_epoch:
+                        continue  # resumed: skip batches already trained on
+                    last = self._train_batch(batch, i) or last
+                    progress.update(self.step - progress.n)
+                    if self._done() or self._stop_signal is not None:
+                        break
+                if self._stop_signal is not None:
+                    self.checkpoint()
+                    raise SystemExit(128 + self._stop_signal)
+                if not self._done():
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            progress.close()
+        final = {**last, **self._evaluate(), **peak_memory_mb(), "train/steps": self.step}
+        self.checkpoint()
+        return final
+
+    def _done(self) -> bool:
+        return self.total_steps > 0 and self.step >= self.total_steps
+
+    def _train_batch(self, batch, index: int) -> dict[str, float] | None:
+        t0 = time.perf_counter()
+        experience = self.module.rollout(batch)
+        t_rollout = time.perf_counter() - t0
+        rows = []
+        t1 = time.perf_counter()
+        for micro_batches in self.module.updates(experience, self.cfg.micro_batch_size):
+            rows.append(self._optimizer_step(micro_batches, index))
+            if self._done():
+                break
+        t_train = time.perf_counter() - t1
+        self.batch_in_epoch = index + 1
+        tokens = sum(r.pop("train/tokens") for r in rows)
+        metrics = {**mean_metrics(rows), **self.module.rollout_metrics(),
+                   "time/rollout": t_rollout, "time/train": t_train,
+                   "time/step": time.perf_counter() - t0, "train/tokens": tokens,
+                   "train/tokens_per_s": tokens / max(t_train, 1e-9),
+                   "lr": self.scheduler.get_last_lr()[0], "epoch": self.epoch}
+        self.module.after_step(self.step)
+        if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+            metrics.update(self._evaluate())
+        if self.step % max(self.cfg.log_every, 1) == 0:
+            self.metrics.log(self.step, metrics)
+        if self.cfg.save_every and self.step % self.cfg.save_every == 0:
+            self.checkpoint()
+        return metrics
+
+    def _optimizer_step(self, micro_batches: list, index: int) -> dict[str, float]:
+        rows, tokens = [], 0.0
+        n = len(micro_batches)
+        for mb in micro_batches:
+            with self.accelerator.autocast():
+                loss, metrics = self.module.loss(mb)
+            if not torch.isfinite(loss):
+                raise TrainingError(_non_finite("loss", self.step + 1, index, mb, loss))
+            self.accelerator.backward(loss / n)
+            tokens += metrics.pop("tokens", 0.0)
+            rows.append({"loss": loss.item(), **metrics})
+        norm = self._clip()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {**mean_metrics(rows), "grad_norm": norm, "train/tokens": tokens}
+
+    def _clip(self) -> float:
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        norm = float(self.accelerator.clip_grad_norm_(params, max_norm))
+        if not math.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingError(f"non-finite gradient norm ({norm}) at step {self.step + 1}; "
+                                "the last good checkpoint is kept")
+        return norm
+
+    def _evaluate(self) -> dict[str, float]:
+        for m in self.module.models():
+            m.eval()
+        out = self.module.evaluate()
+        for m in self.module.models():
+            m.train()
+        return out
+
+    def checkpoint(self) -> Path | None:
+        if not self.accelerator.is_main_process:
+            return None
+        position = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+        return save_checkpoint(self.out / "checkpoints", self.step, trainable_state(
+            self.named.items()), self.optimizer, self.scheduler, position,
+            self.module.state_dict(), keep=self.cfg.keep_checkpoints)
+
+
+def _named_trainable(model):
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _non_finite(what, step, index, mb, value) -> str:
+    ids = mb.get("ids") if isinstance(mb, dict) else None
+    return (f"non-finite {what} ({value.item()}) at step {step}, batch {index}"
+            + (f", examples {list(ids)[:8]}" if ids is not None else "")
+            + "; stopping. The last good checkpoint is kept.")
+
+
+def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
+                       log_with=cfg.report_to or None, project_dir=str(out))
+
+
+def _progress(trainer: Trainer):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=trainer.total_steps, initial=trainer.step, desc=trainer.module.name,
+                disable=not trainer.cfg.progress or not trainer.accelerator.is_main_process,
+                leave=False)
+
+
+class _graceful_stop:
+    """SIGTERM/SIGINT: finish the current step, write a checkpoint, exit."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer, self.saved = trainer, {}
+
+    def __enter__(self):
+        def handler(signum, frame):
+            self.trainer._stop_signal = signum
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.saved[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, h in self.saved.items():
+            signal.signal(sig, h)
+        return False
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=float))
+    tmp.rename(out / "summary.json")

@@ -1,0 +1,111 @@
+"""Scalar models: a causal-LM backbone with a linear head, for rewards and values.
+
+The head is our own ``nn.Linear(hidden, 1)`` saved in ``scalar_head.safetensors`` next to
+the backbone (full weights or a PEFT adapter), so reloading never re-initialises it (a
+known failure of heads kept inside ``modules_to_save``). ``scalar_config.json`` stores the
+reward normalisation (mean, std) measured on SFT-policy responses.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from prefopt.policy.load import ModelConfig, add_adapter, load_causal_lm, load_tokenizer
+from prefopt.policy.logprobs import position_ids_from_mask, unwrap_causal_lm
+
+HEAD_FILE = "scalar_head.safetensors"
+CONFIG_FILE = "scalar_config.json"
+
+
+@dataclass
+class ScalarConfig:
+    mode: str = "full"
+    base: str = ""
+    """The backbone directory an adapter applies to (lora/qlora)."""
+    mean: float = 0.0
+    std: float = 1.0
+    """Normalisation: score = (raw − mean) / std, so SFT responses score mean 0, std 1."""
+
+
+class ScalarModel(torch.nn.Module):
+    """r(x, y): backbone hidden state at the last real token, through a linear head."""
+
+    def __init__(self, backbone, hidden_size: int, cfg: ScalarConfig):
+        super().__init__()
+        self.backbone, self.cfg = backbone, cfg
+        self.head = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.normal_(self.head.weight, std=1 / (hidden_size + 1) ** 0.5)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def hidden_states(self, input_ids, attention_mask) -> torch.Tensor:
+        causal = unwrap_causal_lm(self.backbone)
+        body = getattr(causal, causal.base_model_prefix)
+        out = body(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_from_mask(attention_mask))
+        return out.last_hidden_state  # (B, T, H)
+
+    def values(self, input_ids, attention_mask) -> torch.Tensor:
+        """Per-token scalars (B, T): the value head of PPO's critic."""
+        h = self.hidden_states(input_ids, attention_mask)
+        return self.head(h.to(self.head.weight.dtype)).squeeze(-1)
+
+    def forward(self, input_ids, attention_mask) -> torch.Tensor:
+        """Raw score at the last real token of each (right-padded) row. (B, T) -> (B,)."""
+        v = self.values(input_ids, attention_mask)
+        last = last_token_index(attention_mask)
+        return v.gather(1, last.unsqueeze(1)).squeeze(1)
+
+    def score(self, input_ids, attention_mask) -> torch.Tensor:
+        """Normalised score (raw − mean) / std."""
+        return (self(input_ids, attention_mask) - self.cfg.mean) / self.cfg.std
+
+    def save(self, out_dir: str | Path, tokenizer=None) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.backbone.save_pretrained(out, safe_serialization=True)
+        save_file({k: v.detach().float().contiguous() for k, v in self.head.state_dict().items()},
+                  str(out / HEAD_FILE))
+        (out / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out)
+        return out
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last 1 in each row, for left or right padding. (B, T) -> (B,)."""
+    t = attention_mask.shape[1]
+    positions = torch.arange(t, device=attention_mask.device).expand_as(attention_mask)
+    return torch.where(attention_mask.bool(), positions, -1).max(1).values.clamp(min=0)
+
+
+def new_scalar_model(cfg: ModelConfig, tokenizer=None) -> ScalarModel:
+    """A fresh head on a (possibly LoRA/QLoRA) backbone loaded from ``cfg.path``."""
+    tokenizer = tokenizer or load_tokenizer(cfg.path, cfg.trust_remote_code)
+    backbone = add_adapter(load_causal_lm(cfg, tokenizer), cfg)
+    hidden = unwrap_causal_lm(backbone).config.get_text_config().hidden_size
+    return ScalarModel(backbone, hidden, ScalarConfig(mode=cfg.mode, base=cfg.path))
+
+
+def load_scalar_model(path: str | Path, mode: str | None = None, dtype: str = "float32",
+                      trainable: bool = False) -> ScalarModel:
+    """Reload a saved scalar model with its head and normalisation."""
+    path = Path(path)
+    saved = ScalarConfig(**json.loads((path / CONFIG_FILE).read_text()))
+    is_adapter = (path / "adapter_config.json").is_file()
+    base = saved.base if is_adapter else str(path)
+    cfg = ModelConfig(path=base, mode=mode or ("lora" if is_adapter else "full"), dtype=dtype)
+    tokenizer = load_tokenizer(str(path))
+    backbone = load_causal_lm(cfg, tokenizer)
+    if is_adapter:
+        from peft import PeftModel
+
+        backbone = PeftModel.from_pretrained(backbone, path, is_trainable=trainable)
+    hidden = unwrap_causal_lm(backbone).config.get_text_config().hidden_size
+    model = ScalarModel(backbone, hidden, saved)
+    model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
+    return model.requires_grad_(trainable) if not is_adapter else model
