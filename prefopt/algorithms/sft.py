@@ -78,3 +78,17 @@ class SFT(Module):
 
     def save(self, out_dir):
         self.policy.save(out_dir)
+
+
+def build(ctx) -> SFT:
+    """SFT from a recipe: the policy per ``model``, demonstrations per ``data``."""
+    from prefopt.data.sources import demonstrations
+    from prefopt.policy import load_policy
+
+    cfg = ctx.cfg
+    policy = load_policy(cfg.model)
+    policy.model.to(ctx.accelerator.device)
+    train = demonstrations(ctx, "train")
+    held_out = demonstrations(ctx, "eval")
+    return SFT(policy, train, cfg.params, cfg.data.max_length, cfg.train.batch_size,
+               cfg.train.seed, held_out, shard=ctx.shard)

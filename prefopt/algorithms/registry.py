@@ -1,0 +1,37 @@
+"""Algorithm registry: name -> (config dataclass, builder). Imported lazily by name."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from prefopt.config import _suggest
+from prefopt.errors import ConfigError
+
+# name -> "module:Config:build"
+_REGISTRY = {
+    "sft": "prefopt.algorithms.sft:SFTConfig:build",
+}
+
+
+@dataclass
+class AlgorithmSpec:
+    name: str
+    config_cls: type
+    build: object
+
+
+def register(name: str, target: str) -> None:
+    _REGISTRY[name] = target
+
+
+def known_algorithms() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def algorithm_spec(name: str) -> AlgorithmSpec:
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown algorithm '{name}'{_suggest(name, known_algorithms())}")
+    module, cfg, fn = _REGISTRY[name].split(":")
+    mod = importlib.import_module(module)
+    return AlgorithmSpec(name, getattr(mod, cfg), getattr(mod, fn))

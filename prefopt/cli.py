@@ -1,0 +1,93 @@
+"""The ``prefopt`` command line: run | compare | eval | world."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from prefopt.errors import PrefoptError
+
+
+def _run(args) -> int:
+    from prefopt.recipe import load_recipe
+    from prefopt.run import run_recipe
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    out = Path(args.out or Path("runs") / Path(args.recipe).stem)
+    summary = run_recipe(cfg, out, resume=args.resume)
+    print(json.dumps({k: v for k, v in summary.items() if k != "data"}, indent=2, default=float))
+    print(f"run directory: {out}")
+    return 0
+
+
+def _world(args) -> int:
+    from prefopt.worlds import get_world
+
+    world = get_world(args.name, preset=args.preset, seed=args.seed)
+    if args.action == "build":
+        print(world.base_model_dir(progress=True))
+    return 0
+
+
+def _compare(args) -> int:
+    from prefopt.eval.compare import compare_main
+
+    return compare_main(args)
+
+
+def _eval(args) -> int:
+    from prefopt.eval.harness import eval_main
+
+    return eval_main(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prefopt", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="train one recipe")
+    r.add_argument("recipe")
+    r.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-5")
+    r.add_argument("--out", help="run directory (default runs/RECIPE_NAME)")
+    r.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    r.set_defaults(fn=_run)
+
+    c = sub.add_parser("compare", help="train and evaluate several methods side by side")
+    c.add_argument("recipe", nargs="?", default=None)
+    c.add_argument("overrides", nargs="*")
+    c.add_argument("--out", default="runs/compare")
+    c.add_argument("--seeds", type=int, default=None)
+    c.set_defaults(fn=_compare)
+
+    e = sub.add_parser("eval", help="evaluate a trained model on a suite")
+    e.add_argument("model_dir")
+    e.add_argument("--suite", default="minihh")
+    e.add_argument("--out", default=None)
+    e.set_defaults(fn=_eval)
+
+    w = sub.add_parser("world", help="build the embedded world")
+    w.add_argument("action", choices=["build"])
+    w.add_argument("--name", default="minihh")
+    w.add_argument("--preset", default="default", choices=["tiny", "default"])
+    w.add_argument("--seed", type=int, default=0)
+    w.set_defaults(fn=_world)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except PrefoptError as e:
+        print(f"prefopt: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
