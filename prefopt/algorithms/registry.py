@@ -11,6 +11,16 @@ from prefopt.errors import ConfigError
 # name -> "module:Config:build"
 _REGISTRY = {
     "sft": "prefopt.algorithms.sft:SFTConfig:build",
+    "reward": "prefopt.algorithms.reward:RewardConfig:build",
+    "best_of_n": "prefopt.algorithms.best_of_n:BestOfNConfig:build",
+    "ppo": "prefopt.algorithms.ppo:PPOConfig:build",
+    "rloo": "prefopt.algorithms.pg:RLOOConfig:build_rloo",
+    "grpo": "prefopt.algorithms.pg:GRPOConfig:build_grpo",
+    "dpo": "prefopt.algorithms.dpo:DPOConfig:build",
+    "kto": "prefopt.algorithms.kto:KTOConfig:build",
+    "online_dpo": "prefopt.algorithms.online_dpo:OnlineDPOConfig:build",
+    "sl_cai": "prefopt.algorithms.cai.sl_cai:SLCAIConfig:build",
+    "rl_cai": "prefopt.algorithms.cai.rl_cai:RLCAIConfig:build",
 }
 
 
