@@ -88,6 +88,7 @@ def _batch_rows(batch: dict) -> int:
 def _slice(v, i, size, n, paired):
     if not isinstance(v, torch.Tensor):
         return v[i:i + size]
+    end = min(i + size, n)
     if paired:
-        return torch.cat([v[i:i + size], v[n + i:n + i + size]])
+        return torch.cat([v[i:end], v[n + i:n + end]])
     return v[i:i + size]
