@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from accelerate.utils import set_seed
+
 from prefopt.algorithms.registry import algorithm_spec
 from prefopt.engine.metrics import peak_memory_mb
 from prefopt.engine.trainer import Trainer, make_accelerator, write_summary
@@ -72,10 +74,14 @@ def run_recipe(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dic
     check_output_dir(out)
     dump_recipe(cfg, out / "config.yaml")
     t0 = time.perf_counter()
+    set_seed(cfg.train.seed)  # before building: adapter and head initialisation are random
     ctx = RunContext(cfg, out, make_accelerator(cfg.train, out))
     spec = algorithm_spec(cfg.algorithm)
     module = spec.build(ctx)
-    metrics = Trainer(module, cfg.train, out, ctx.accelerator).fit(resume=resume)
+    if hasattr(module, "train_batches"):
+        metrics = Trainer(module, cfg.train, out, ctx.accelerator).fit(resume=resume)
+    else:  # nothing to train (best-of-n): ``save`` writes final/, ``summary`` the metrics
+        metrics = module.summary()
     if ctx.accelerator.is_main_process:
         save_final(module, out)
         summary = {"algorithm": cfg.algorithm, **metrics, **peak_memory_mb(),
