@@ -23,6 +23,8 @@ from prefopt.policy.policy import Policy
 class SFTConfig:
     completion_only: bool = True
     """Loss on completion tokens only (off: on every token, as in pretraining)."""
+    group_by_length: bool = False
+    """Batch examples of similar length together (less padding, same data per epoch)."""
 
 
 class SFT(Module):
@@ -52,8 +54,9 @@ class SFT(Module):
         return batch
 
     def train_batches(self, epoch):
+        lengths = [len(e.input_ids) for _, e in self.train] if self.cfg.group_by_length else None
         return epoch_batches(self.train, self.batch_size, self.seed, epoch, self._collate,
-                             shard=self.shard)
+                             shard=self.shard, lengths=lengths)
 
     def loss(self, mb):
         dev = self.policy.device

@@ -91,14 +91,20 @@ def encode_unpaired(tokenizer, rows: Sequence[UnpairedExample], max_length: int,
 
 def epoch_batches(items: Sequence[Any], batch_size: int, seed: int, epoch: int,
                   collate: Callable[[list[Any]], Any], drop_last: bool = False,
-                  shard: tuple[int, int] = (0, 1)) -> Iterator[Any]:
+                  shard: tuple[int, int] = (0, 1),
+                  lengths: Sequence[int] | None = None) -> Iterator[Any]:
     """Shuffle with ``seed + epoch`` and cut into batches; the same order on every rank.
 
     ``shard=(rank, world)``: each rank collates its slice of every global batch, so the
     global batch (and hence the loss trajectory) is the same for any number of processes.
+    ``lengths``: group examples of similar length (sort within windows of 32 batches, then
+    shuffle the batches), which cuts padding; the data seen per epoch is unchanged.
     """
+    rng = random.Random(seed * 100_003 + epoch)
     order = list(range(len(items)))
-    random.Random(seed * 100_003 + epoch).shuffle(order)
+    rng.shuffle(order)
+    if lengths is not None:
+        order = _group_by_length(order, lengths, batch_size, rng)
     rank, world = shard
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
@@ -107,3 +113,14 @@ def epoch_batches(items: Sequence[Any], batch_size: int, seed: int, epoch: int,
         mine = idx[rank::world] if world > 1 else idx
         if mine:
             yield collate([items[j] for j in mine])
+
+
+def _group_by_length(order: list[int], lengths: Sequence[int], batch_size: int,
+                     rng: random.Random) -> list[int]:
+    window = 32 * batch_size
+    batches = []
+    for i in range(0, len(order), window):
+        chunk = sorted(order[i:i + window], key=lambda j: lengths[j])
+        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return [j for b in batches for j in b]

@@ -27,8 +27,15 @@ class MiniHH:
     families = FAMILIES
     constitution_path = CONSTITUTION_PATH
 
-    def __init__(self):
+    def __init__(self, preset: str = "default", seed: int = 0):
         self._gold = GoldReward()
+        self.preset, self.seed = preset, seed
+
+    def base_model_dir(self, progress: bool = False) -> Path:
+        """The raw base model pretrained on this world's corpus (built once, cached)."""
+        from prefopt.worlds.builder import build_base_model
+
+        return build_base_model(self, self.preset, self.seed, progress)
 
     @property
     def gold(self) -> GoldReward:
