@@ -76,7 +76,7 @@ def split_batch(batch: dict, size: int) -> Iterator[dict]:
         return
     paired = "label" in batch and batch["input_ids"].shape[0] == 2 * n
     for i in range(0, n, size):
-        yield {k: _slice(v, i, size, n, paired and v.shape[0] == 2 * n) for k, v in batch.items()}
+        yield {k: _slice(v, i, size, n, paired and len(v) == 2 * n) for k, v in batch.items()}
 
 
 def _batch_rows(batch: dict) -> int:
@@ -86,9 +86,9 @@ def _batch_rows(batch: dict) -> int:
 
 
 def _slice(v, i, size, n, paired):
-    if not isinstance(v, torch.Tensor):
-        return v[i:i + size]
     end = min(i + size, n)
-    if paired:
-        return torch.cat([v[i:end], v[n + i:n + end]])
+    if paired:  # rows i..end of the chosen half and of the rejected half
+        if isinstance(v, torch.Tensor):
+            return torch.cat([v[i:end], v[n + i:n + end]])
+        return [*v[i:end], *v[n + i:n + end]]
     return v[i:i + size]

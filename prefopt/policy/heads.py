@@ -98,7 +98,9 @@ def load_scalar_model(path: str | Path, mode: str | None = None, dtype: str = "f
     saved = ScalarConfig(**json.loads((path / CONFIG_FILE).read_text()))
     is_adapter = (path / "adapter_config.json").is_file()
     base = saved.base if is_adapter else str(path)
-    cfg = ModelConfig(path=base, mode=mode or ("lora" if is_adapter else "full"), dtype=dtype)
+    default_mode = (saved.mode if saved.mode in ("lora", "qlora") else "lora") if is_adapter \
+        else "full"
+    cfg = ModelConfig(path=base, mode=mode or default_mode, dtype=dtype)
     tokenizer = load_tokenizer(str(path))
     backbone = load_causal_lm(cfg, tokenizer)
     if is_adapter:

@@ -41,6 +41,13 @@ def test_split_batch_keeps_pair_halves_together():
     assert [p["label"].tolist() for p in parts] == [[1.0, 1.0], [1.0]]
 
 
+def test_split_batch_slices_id_lists_of_pair_batches():
+    c = [Encoded([1], [1]), Encoded([2], [1]), Encoded([3], [1])]
+    r = [Encoded([4], [1]), Encoded([5], [1]), Encoded([6], [1])]
+    batch = {**collate_pairs(c, r, pad_id=0), "ids": ["a", "b", "c", "a'", "b'", "c'"]}
+    assert [p["ids"] for p in split_batch(batch, 2)] == [["a", "b", "a'", "b'"], ["c", "c'"]]
+
+
 def test_encode_example_masks_completion_and_appends_eos(tiny_llama):
     from transformers import AutoTokenizer
 

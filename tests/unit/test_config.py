@@ -13,7 +13,7 @@ def test_defaults_and_overrides():
     cfg = parse_recipe(data)
     assert cfg.train.lr == 3e-5 and cfg.model.mode == "lora"
     assert cfg.params.completion_only is False
-    assert cfg.to_dict()["sft"] == {"completion_only": False}
+    assert cfg.to_dict()["sft"] == {"completion_only": False, "group_by_length": False}
 
 
 @pytest.mark.parametrize("data, message", [
