@@ -16,6 +16,7 @@ from prefopt.algorithms.registry import algorithm_spec
 from prefopt.engine.metrics import peak_memory_mb
 from prefopt.engine.trainer import Trainer, make_accelerator, write_summary
 from prefopt.errors import TrainingError
+from prefopt.policy.generate import GENERATED
 from prefopt.recipe import RunConfig, dump_recipe
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def run_recipe(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dic
     check_output_dir(out)
     dump_recipe(cfg, out / "config.yaml")
     t0 = time.perf_counter()
+    generated = dict(GENERATED)
     set_seed(cfg.train.seed)  # before building: adapter and head initialisation are random
     ctx = RunContext(cfg, out, make_accelerator(cfg.train, out))
     spec = algorithm_spec(cfg.algorithm)
@@ -85,7 +87,9 @@ def run_recipe(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dic
     if ctx.accelerator.is_main_process:
         save_final(module, out)
         summary = {"algorithm": cfg.algorithm, **metrics, **peak_memory_mb(),
-                   "time/total_s": time.perf_counter() - t0, "data": ctx.reports}
+                   "time/total_s": time.perf_counter() - t0,
+                   **{f"gen/{k}": v - generated[k] for k, v in GENERATED.items()},
+                   "data": ctx.reports}
         write_summary(out, summary)
         return summary
     return metrics

@@ -8,6 +8,9 @@ import torch
 
 from prefopt.data.collate import collate_prompts
 
+# Process-wide generation counters, read by ``prefopt run`` for the budget report.
+GENERATED = {"prompts": 0, "tokens": 0}
+
 
 @dataclass
 class SamplingConfig:
@@ -71,6 +74,8 @@ def sample(model, tokenizer, prompt_ids: list[list[int]], cfg: SamplingConfig) -
     mask, has_eos = response_mask_after_eos(response, tokenizer.eos_token_id)
     response = torch.where(mask.bool(), response, torch.full_like(response,
                                                                   tokenizer.pad_token_id))
+    GENERATED["prompts"] += response.shape[0]
+    GENERATED["tokens"] += int(mask.sum())
     texts = [tokenizer.decode(r[m.bool() & (r != tokenizer.eos_token_id)],
                               skip_special_tokens=True).strip()
              for r, m in zip(response, mask)]
