@@ -9,7 +9,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import torch  # noqa: E402
 from tiny import build_model  # noqa: E402
+
+# Tiny models: one thread avoids oversubscription on small shared CPUs (several times
+# faster here than two threads); numbers in the tests do not depend on it.
+torch.set_num_threads(1)
 
 ARCHS = ("llama", "qwen2", "gpt2", "gpt_neox")
 
