@@ -63,10 +63,18 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", type=int, default=None)
     c.set_defaults(fn=_compare)
 
-    e = sub.add_parser("eval", help="evaluate a trained model on a suite")
-    e.add_argument("model_dir")
-    e.add_argument("--suite", default="minihh")
-    e.add_argument("--out", default=None)
+    e = sub.add_parser("eval", help="evaluate a model on a suite (docs/evaluation.md)")
+    e.add_argument("model_dir", help="model dir, PEFT adapter dir or best-of-n dir")
+    e.add_argument("overrides", nargs="*", help="suite key=value overrides, e.g. n_prompts=50")
+    e.add_argument("--suite", default="minihh", help="a name in evals/suites/ or a YAML path")
+    e.add_argument("--out", default=None,
+                   help="output dir for eval.json and samples.jsonl (default RUN/eval for "
+                        "RUN/final, else MODEL_DIR/eval)")
+    e.add_argument("--reference", default=None, help="reference policy for win rate and KL")
+    e.add_argument("--judge", default=None, help="gold | reward-model DIR | ai:<backend>")
+    e.add_argument("--reward", default=None, help="reward-model DIR whose score to report")
+    e.add_argument("--seed", type=int, default=None, help="sampling seed (sampling.seed)")
+    e.add_argument("--no-cache", action="store_true", help="regenerate samples.jsonl")
     e.set_defaults(fn=_eval)
 
     w = sub.add_parser("world", help="build the embedded world")
