@@ -16,6 +16,7 @@ from prefopt.algorithms.registry import algorithm_spec
 from prefopt.engine.metrics import peak_memory_mb
 from prefopt.engine.trainer import Trainer, make_accelerator, write_summary
 from prefopt.errors import TrainingError
+from prefopt.eval.probe import attach_probe
 from prefopt.policy.generate import GENERATED
 from prefopt.recipe import RunConfig, dump_recipe
 
@@ -78,8 +79,11 @@ def run_recipe(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dic
     generated = dict(GENERATED)
     set_seed(cfg.train.seed)  # before building: adapter and head initialisation are random
     ctx = RunContext(cfg, out, make_accelerator(cfg.train, out))
+    if cfg.model.path.startswith("world:") and ctx.world is not None:
+        cfg.model.path = str(ctx.world.base_model_dir())  # the recipe's preset and seed
     spec = algorithm_spec(cfg.algorithm)
     module = spec.build(ctx)
+    attach_probe(ctx, module)
     if hasattr(module, "train_batches"):
         metrics = Trainer(module, cfg.train, out, ctx.accelerator).fit(resume=resume)
     else:  # nothing to train (best-of-n): ``save`` writes final/, ``summary`` the metrics

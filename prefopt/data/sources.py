@@ -114,3 +114,12 @@ def pair_to_unpaired(p: PreferencePair) -> list[UnpairedExample]:
     """A hard pair gives one desirable and one undesirable example (Ethayarajh et al. 2024)."""
     return [UnpairedExample(p.prompt, p.chosen, True, f"{p.id}:chosen"),
             UnpairedExample(p.prompt, p.rejected, False, f"{p.id}:rejected")]
+
+
+def prompts_for_probe(ctx, n: int) -> list[PromptRecord]:
+    """Validation prompts for the training probe: the world's, else the eval prompts."""
+    if ctx.world is not None:
+        return ctx.world.prompts("validation", n, ctx.cfg.train.seed + 1)
+    spec = ctx.cfg.data.eval or ctx.cfg.data.train
+    rows = loaders.load_prompts(spec, ctx.cfg.data.split)
+    return rows[:n]

@@ -34,6 +34,12 @@ class TrainConfig:
     save_every: int = 0
     """Write a resumable checkpoint every N steps (0 = only at the end)."""
     keep_checkpoints: int = 2
+    probe_prompts: int = 0
+    """Held-out prompts sampled at every evaluation to log eval/gold (world), eval/proxy and
+    eval/kl along training (over-optimisation curves); 0 = off."""
+    probe_reward: str | None = None
+    """Reward source whose score the probe logs as eval/proxy (default: the reward the
+    algorithm optimises, when it has one)."""
     report_to: list[str] = field(default_factory=list)
     """accelerate trackers, e.g. [tensorboard] or [wandb]."""
     progress: bool = True

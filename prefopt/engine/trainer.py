@@ -83,6 +83,8 @@ class Trainer:
             for m in self.module.models():
                 m.train()
             progress = _progress(self)
+            if self.step == 0 and self.cfg.eval_every:
+                self.metrics.log(0, self._evaluate())  # the starting point of every curve
             while self.epoch < self.cfg.epochs and not self._done():
                 for i, batch in enumerate(self.module.train_batches(self.epoch)):
                     if i < self.batch_in_epoch:
@@ -163,6 +165,9 @@ class Trainer:
         for m in self.module.models():
             m.eval()
         out = self.module.evaluate()
+        probe = getattr(self.module, "probe", None)
+        if probe is not None:
+            out.update(probe())
         for m in self.module.models():
             m.train()
         return out
