@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -86,8 +87,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _set_threads() -> None:
+    """PREFOPT_NUM_THREADS caps torch's CPU threads (1 avoids oversubscription when several
+    runs share a small machine; the default lets torch use every core)."""
+    n = os.environ.get("PREFOPT_NUM_THREADS")
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    _set_threads()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
