@@ -27,6 +27,13 @@ def _run(args) -> int:
 def _world(args) -> int:
     from prefopt.worlds import get_world
 
+    if args.action == "report":
+        from prefopt.worlds.report import world_report
+
+        seeds = list(range(args.seed, args.seed + args.seeds))
+        world_report(args.name, args.preset, seeds, args.out, args.n_prompts, args.n_eval)
+        print(f"wrote {Path(args.out) / 'world_report.md'} and world_report.json")
+        return 0
     world = get_world(args.name, preset=args.preset, seed=args.seed)
     if args.action == "build":
         print(world.base_model_dir(progress=True))
@@ -78,11 +85,20 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--no-cache", action="store_true", help="regenerate samples.jsonl")
     e.set_defaults(fn=_eval)
 
-    w = sub.add_parser("world", help="build the embedded world")
-    w.add_argument("action", choices=["build"])
+    w = sub.add_parser("world", help="build the embedded world, or measure it (docs/world.md)")
+    w.add_argument("action", choices=["build", "report"],
+                   help="build: the base model; report: base/SFT gold, annotators, base model "
+                        "as judge and critic, over seeds (OUT/world_report.md)")
     w.add_argument("--name", default="minihh")
     w.add_argument("--preset", default="default", choices=["tiny", "default"])
-    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--seed", type=int, default=0, help="world seed (report: the first seed)")
+    w.add_argument("--seeds", type=int, default=3, help="report: how many seeds")
+    w.add_argument("--out", default="runs/world-report", help="report: output directory")
+    w.add_argument("--n-prompts", type=int, default=None,
+                   help="report: SFT pairs judged (the critic gets half); default 256 "
+                        "(tiny: 16)")
+    w.add_argument("--n-eval", type=int, default=None,
+                   help="report: evaluation prompts (default: the minihh suite's 200)")
     w.set_defaults(fn=_world)
     return p
 
