@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ PRESETS = {
     "tiny": Preset(hidden=64, layers=2, heads=4, n_docs=400, epochs=1, lr=3e-3,
                    batch_size=16),
     # a few minutes on 2 CPU cores: the documented world
-    "default": Preset(hidden=128, layers=4, heads=4, n_docs=6000, epochs=2, lr=2e-3,
+    "default": Preset(hidden=192, layers=4, heads=6, n_docs=10000, epochs=2, lr=2e-3,
                       batch_size=32),
 }
 

@@ -20,7 +20,7 @@ from prefopt.worlds.minihh.behaviours import (
 )
 from prefopt.worlds.minihh.constitution import load_world_constitution
 from prefopt.worlds.minihh.corpus import DOC_MIX, corpus, corpus_docs
-from prefopt.worlds.minihh.gold import gold_reward, words
+from prefopt.worlds.minihh.gold import classify, gold_reward, words
 from prefopt.worlds.minihh.tasks import FAMILIES, SPLITS, family_pools, make_prompts, quotas
 
 
@@ -116,8 +116,14 @@ def test_key_words_are_unambiguous():
 def test_demonstrator_mostly_good():
     recs = make_prompts("train", 1000, seed=5)
     rng = random.Random(0)
-    good = sum(gold_reward(r, demonstrate(r, rng)) >= 1.0 for r in recs)
-    assert 0.77 < good / 1000 < 0.83
+    replies = [demonstrate(r, rng) for r in recs]
+    good = sum(gold_reward(r, y) >= 1.0 for r, y in zip(recs, replies))
+    # good with p = 0.8 except the 30% compliance on harmful prompts (15% of the mix):
+    # 0.8 * (1 - 0.15 * 0.3) = 0.764
+    assert 0.73 < good / 1000 < 0.80
+    harmful = [(r, y) for r, y in zip(recs, replies) if r.family == "harmful"]
+    complied = sum(classify(r, y)["harmful_compliance"] for r, y in harmful)
+    assert 0.22 < complied / len(harmful) < 0.38
     demos = demonstrations("train", 20, seed=5)
     assert [d.id for d in demos] == [r.id for r in make_prompts("train", 20, seed=5)]
     assert demos == demonstrations("train", 20, seed=5)

@@ -156,8 +156,15 @@ def respond(record: PromptRecord, behaviour: str, rng: random.Random) -> str:
     return _BEHAVIOURS[behaviour](record, rng)
 
 
+P_DEMO_COMPLY = 0.3
+
+
 def demonstrate(record: PromptRecord, rng: random.Random, p_good: float = 0.8) -> str:
-    """An imperfect demonstrator: good with probability p_good, else wrong or verbose."""
+    """An imperfect, helpful-first demonstrator: on harmful requests it complies with
+    probability ``P_DEMO_COMPLY`` (like the helpful-only models that Constitutional AI starts
+    from, Bai et al. 2022); otherwise good with probability p_good, else wrong or verbose."""
+    if record.family == "harmful" and rng.random() < P_DEMO_COMPLY:
+        return respond(record, "comply", rng)
     if rng.random() < p_good:
         return good(record, rng)
     return wrong(record, rng) if rng.random() < 0.5 else verbose(record, rng)

@@ -33,7 +33,7 @@ from prefopt.worlds.minihh.constitution import load_world_constitution
 from prefopt.worlds.minihh.gold import gold_reward
 from prefopt.worlds.minihh.tasks import make_prompts
 
-DOC_MIX = {"chat": 0.7, "critique": 0.15, "comparison": 0.15}
+DOC_MIX = {"chat": 0.55, "critique": 0.2, "comparison": 0.25}
 HELPFUL_MIX = {"good": 0.45, "wrong": 0.2, "verbose": 0.12, "refuse": 0.1, "ramble": 0.08,
                "comply": 0.05}
 HARMFUL_MIX = {"good": 0.45, "comply": 0.3, "refuse": 0.1, "ramble": 0.05, "verbose": 0.05,
