@@ -32,7 +32,8 @@ TOP_KEYS = ("world", "seeds", "suite", "reference", "methods", "stages", "track"
 
 @dataclass
 class CompareConfig:
-    world: dict
+    world: dict | None
+    """The embedded world (name, preset, seed), or null for your own model and data."""
     stages: dict[str, dict]
     methods: list[str]
     seeds: int = 1
@@ -51,10 +52,10 @@ def load_compare(path: str | Path | None, overrides: list[str] = ()) -> CompareC
     for key in data:
         if key not in TOP_KEYS:
             raise ConfigError(f"{path}: unknown key '{key}'{_suggest(key, TOP_KEYS)}")
-    for key in ("world", "stages", "methods"):
+    for key in ("stages", "methods"):
         if key not in data:
             raise ConfigError(f"{path}: '{key}' is required")
-    cfg = CompareConfig(**data)
+    cfg = CompareConfig(**{"world": None, **data})
     for name in [*cfg.methods, *cfg.track, cfg.reference]:
         if name not in cfg.stages:
             raise ConfigError(f"{path}: '{name}' is not a stage{_suggest(name, cfg.stages)}")
@@ -100,13 +101,13 @@ def _deps(stage) -> set[str]:
     return found
 
 
-def resolve_stage(stage: dict, seed_dir: Path, world: dict, seed: int) -> dict:
+def resolve_stage(stage: dict, seed_dir: Path, world: dict | None, seed: int) -> dict:
     """A runnable recipe dict: world set, ``from`` and ``@STAGE`` references resolved."""
     recipe = _resolve(copy.deepcopy(stage), seed_dir)
     src = recipe.pop("from", None)
     if src is not None:
         recipe.setdefault("model", {})["path"] = str(seed_dir / src / "final")
-    recipe["world"] = {**world, "seed": world.get("seed", 0)}
+    recipe["world"] = {**world, "seed": world.get("seed", 0)} if world else None
     recipe.setdefault("train", {})["seed"] = seed
     recipe["train"].setdefault("progress", False)
     return recipe
@@ -183,10 +184,10 @@ def run_compare(cfg: CompareConfig, out: Path, seeds: int | None = None) -> dict
 
     seeds = seeds or cfg.seeds
     order = stage_order(cfg.stages)
-    progress = Progress(1 + seeds * (len(order) + len(cfg.methods)))
-    t = progress.start("base model of the world")
-    world_dir = _build_world(cfg.world)
-    progress.done(f"base model {world_dir}", t)
+    progress = Progress(bool(cfg.world) + seeds * (len(order) + len(cfg.methods)))
+    if cfg.world:
+        t = progress.start("base model of the world")
+        progress.done(f"base model {_build_world(cfg.world)}", t)
     for seed in range(seeds):
         seed_dir = out / f"seed-{seed}"
         for name in order:
