@@ -49,7 +49,7 @@ def test_load_compare_errors_name_the_problem(tmp_path):
 
 def test_default_recipes_load():
     root = Path(__file__).resolve().parents[2] / "recipes" / "compare"
-    for name in ("default.yaml", "tiny.yaml"):
+    for name in ("default.yaml", "tiny.yaml", "frontier.yaml"):
         cfg = load_compare(root / name)
         assert cfg.reference == "sft" and set(cfg.methods) <= set(cfg.stages)
         assert stage_order(cfg.stages)[0] == "sft"
