@@ -26,7 +26,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:
+            try:
+                repeated = key in seen
+            except TypeError:  # unhashable key: SafeLoader reports it as a YAML error
+                continue
+            if repeated:
                 line = key_node.start_mark.line + 1
                 raise ConfigError(f"{node.start_mark.name}, line {line}: duplicated key "
                                   f"'{key}'")
@@ -47,6 +51,8 @@ def read_yaml(path: str | Path) -> dict:
         data = yaml.load(text, Loader=_make_loader(str(path)))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

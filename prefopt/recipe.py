@@ -89,7 +89,8 @@ def parse_recipe(data: dict, source: str = "recipe") -> RunConfig:
     fixed = [f.name for f in dataclasses.fields(RunConfig) if f.name != "params"]
     for key in data:
         if key not in fixed:
-            raise ConfigError(f"{source}: unknown key '{key}'{_suggest(key, fixed + [algo])}")
+            raise ConfigError(f"{source}: unknown key '{key}'"
+                              f"{_suggest(str(key), fixed + [algo])}")
     cfg = build(RunConfig, data)
     cfg.params = build(spec.config_cls, params, algo)
     return cfg

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from prefopt.algorithms.registry import algorithm_spec
+from prefopt.engine.distributed import local_only
 from prefopt.engine.metrics import peak_memory_mb
 from prefopt.engine.trainer import Trainer, make_accelerator, write_summary
 from prefopt.errors import TrainingError
@@ -53,7 +55,7 @@ def check_output_dir(out: Path) -> None:
     """Fail before training if the run directory is not writable or the disk is full."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"  # one per process: ranks run it at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
@@ -74,13 +76,22 @@ def run_recipe(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dic
     if resume and (out / "summary.json").is_file() and (out / "final").is_dir():
         return json.loads((out / "summary.json").read_text())
     check_output_dir(out)
-    dump_recipe(cfg, out / "config.yaml")
+    accelerator = make_accelerator(cfg.train, out)
+    if accelerator.is_main_process:  # only the main process writes into the run directory
+        dump_recipe(cfg, out / "config.yaml")
     t0 = time.perf_counter()
     generated = dict(GENERATED)
-    set_seed(cfg.train.seed)  # before building: adapter and head initialisation are random
-    ctx = RunContext(cfg, out, make_accelerator(cfg.train, out))
+    ctx = RunContext(cfg, out, accelerator)
     if cfg.model.path.startswith("world:") and ctx.world is not None:
-        cfg.model.path = str(ctx.world.base_model_dir())  # the recipe's preset and seed
+        # Built once by the main process (alone: no collectives), then read from the cache.
+        with accelerator.main_process_first(), local_only():
+            cfg.model.path = str(ctx.world.base_model_dir())  # the recipe's preset and seed
+    if accelerator.num_processes > 1:  # an adapter start is merged once (cached) by rank 0
+        from prefopt.policy.load import resolve_model_path
+
+        with accelerator.main_process_first():
+            resolve_model_path(cfg.model.path)
+    set_seed(cfg.train.seed)  # before building: same adapter and head init on every process
     spec = algorithm_spec(cfg.algorithm)
     module = spec.build(ctx)
     attach_probe(ctx, module)

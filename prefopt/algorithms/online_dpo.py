@@ -193,16 +193,17 @@ class OnlineDPO(Module):
         return self._metrics
 
     def updates(self, experience, micro_batch_size):
-        """``update_epochs`` × ``minibatches`` optimizer steps over the round's pairs."""
-        if experience is None:
-            return
-        n = experience["label"].shape[0]
+        """``update_epochs`` × ``minibatches`` optimizer steps over the round's pairs, always
+        that many (a step may be empty: no labelled pair this round, or fewer pairs than
+        minibatches) so that every process runs the same steps."""
+        n = 0 if experience is None else experience["label"].shape[0]
         for _ in range(self.cfg.update_epochs):
-            order = torch.randperm(n).tolist()  # global RNG: seeded and checkpointed
-            size = -(-n // self.cfg.minibatches)
-            for i in range(0, n, size):
-                mb = select_pairs(experience, order[i:i + size])
-                yield list(split_batch(mb, micro_batch_size))
+            # global RNG: seeded and checkpointed
+            order = torch.randperm(n) if n else torch.zeros(0, dtype=torch.long)
+            for part in torch.tensor_split(order, self.cfg.minibatches):
+                idx = part.tolist()
+                yield list(split_batch(select_pairs(experience, idx), micro_batch_size)) \
+                    if idx else []
 
     def loss(self, mb):
         return dpo_loss_and_metrics(self.policy, mb, self.cfg)

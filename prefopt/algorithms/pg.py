@@ -30,6 +30,7 @@ from prefopt.algorithms.rollout import (
     minibatch_updates,
     prompt_batches,
 )
+from prefopt.engine.distributed import global_whiten
 from prefopt.engine.module import Module
 from prefopt.errors import ConfigError
 from prefopt.losses import (
@@ -38,7 +39,6 @@ from prefopt.losses import (
     masked_mean,
     ppo_policy_loss,
     rloo_advantages,
-    whiten,
 )
 from prefopt.policy.generate import SamplingConfig
 
@@ -160,6 +160,10 @@ class PolicyGradient(Module):
         metrics.update({"policy/loss": pg_loss.item(), "tokens": float(attn.sum())})
         return loss, metrics
 
+    def loss_weight(self, mb: Experience) -> float:
+        """The loss terms are means over response tokens: the engine weights by their count."""
+        return float(mb.response_mask.sum())
+
     def rollout_metrics(self):
         return dict(self._metrics)
 
@@ -181,7 +185,7 @@ class RLOO(PolicyGradient):
         rewards = exp.scores - self.kl_coef * exp.kl.sum(1)  # (B,)
         adv = rloo_advantages(rewards, self.k)
         if self.cfg.normalize_advantages:
-            adv = whiten(adv, torch.ones_like(adv))
+            adv = global_whiten(adv, torch.ones_like(adv))  # over all processes' rows
         return adv
 
 

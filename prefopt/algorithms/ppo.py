@@ -30,6 +30,7 @@ from prefopt.algorithms.rollout import (
     minibatch_updates,
     prompt_batches,
 )
+from prefopt.engine.distributed import global_whiten
 from prefopt.engine.module import Module
 from prefopt.errors import ConfigError
 from prefopt.feedback.reward_sources import load_reward_source, reward_paths
@@ -41,7 +42,6 @@ from prefopt.losses import (
     ppo_policy_loss,
     ppo_value_loss,
     token_rewards,
-    whiten,
 )
 from prefopt.policy.generate import SamplingConfig
 from prefopt.policy.heads import ScalarModel, load_scalar_model, new_scalar_model
@@ -151,10 +151,10 @@ class PPO(Module):
             score = score.clamp(-cfg.reward_clip, cfg.reward_clip)
         rewards = token_rewards(score, exp.kl, mask, beta)  # (B, T-1)
         if cfg.whiten_rewards:
-            rewards = whiten(rewards, mask, shift_mean=False)
+            rewards = global_whiten(rewards, mask, shift_mean=False)  # over all processes
         advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)  # (B, T-1) each
         if cfg.whiten_advantages:
-            advantages = whiten(advantages, mask)
+            advantages = global_whiten(advantages, mask)
         exp.extras = {"values": values, "advantages": advantages, "returns": returns}
         self._metrics = {**experience_metrics(exp, beta), **timings, "kl_coef": beta,
                          "value/explained_variance": explained_variance(values, returns, mask)}
@@ -186,6 +186,10 @@ class PPO(Module):
         metrics = {**pg_metrics, **vf_metrics, "policy/loss": pg_loss.item(),
                    "value/loss": vf_loss.item(), "tokens": float(attn.sum())}
         return pg_loss + vf_loss, metrics
+
+    def loss_weight(self, mb: Experience) -> float:
+        """Both terms are means over response tokens: the engine weights by their count."""
+        return float(mb.response_mask.sum())
 
     def rollout_metrics(self):
         return dict(self._metrics)

@@ -67,6 +67,10 @@ class SFT(Module):
         nll = -sequence_logprobs(token_logps, mask).sum() / n_tokens.clamp(min=1)
         return nll, {"sft/nll": nll.item(), "tokens": float(attn.sum())}
 
+    def loss_weight(self, mb):
+        """The loss is a mean over completion tokens: the engine weights by their count."""
+        return float(mb["completion_mask"][:, 1:].sum())
+
     @torch.no_grad()
     def evaluate(self):
         if not self.eval:

@@ -97,6 +97,8 @@ def epoch_batches(items: Sequence[Any], batch_size: int, seed: int, epoch: int,
 
     ``shard=(rank, world)``: each rank collates its slice of every global batch, so the
     global batch (and hence the loss trajectory) is the same for any number of processes.
+    A batch with fewer rows than processes (a short last batch) is skipped on every rank:
+    the ranks must run the same number of steps.
     ``lengths``: group examples of similar length (sort within windows of 32 batches, then
     shuffle the batches), which cuts padding; the data seen per epoch is unchanged.
     """
@@ -110,6 +112,8 @@ def epoch_batches(items: Sequence[Any], batch_size: int, seed: int, epoch: int,
         idx = order[i:i + batch_size]
         if drop_last and len(idx) < batch_size:
             break
+        if len(idx) < world:
+            continue
         mine = idx[rank::world] if world > 1 else idx
         if mine:
             yield collate([items[j] for j in mine])

@@ -21,13 +21,20 @@ def peak_memory_mb() -> dict[str, float]:
 
 
 class MetricsLog:
-    def __init__(self, path: Path, accelerator=None, resume: bool = False):
-        self.path, self.accelerator = path, accelerator
+    """``enabled=False`` (every process but the main one) writes nothing."""
+
+    def __init__(self, path: Path, accelerator=None, resume: bool = False,
+                 enabled: bool = True):
+        self.path, self.accelerator, self.enabled = path, accelerator, enabled
+        if not enabled:
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         if not resume:
             path.write_text("")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -36,6 +43,8 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop rows logged after the checkpoint we resume from."""
+        if not self.enabled:
+            return
         rows = read_metrics(self.path)
         self.path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
 

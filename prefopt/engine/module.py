@@ -37,6 +37,13 @@ class Module:
         """(scalar loss, detached metrics) for one micro-batch."""
         raise NotImplementedError
 
+    def loss_weight(self, micro_batch: Any) -> float:
+        """How many units ``loss(micro_batch)`` is a mean over: rows by default (pairs in a
+        pair batch); a token-mean loss returns its token count. The engine weights each
+        micro-batch by it, so a step's loss is the mean over the whole global batch for any
+        micro-batch size and any number of processes (prefopt.engine.distributed)."""
+        return float(batch_rows(micro_batch))
+
     def rollout_metrics(self) -> dict[str, float]:
         """Metrics gathered during ``rollout`` (scores, KL, lengths, timings)."""
         return {}
@@ -77,6 +84,15 @@ def split_batch(batch: dict, size: int) -> Iterator[dict]:
     paired = "label" in batch and batch["input_ids"].shape[0] == 2 * n
     for i in range(0, n, size):
         yield {k: _slice(v, i, size, n, paired and len(v) == 2 * n) for k, v in batch.items()}
+
+
+def batch_rows(batch) -> int:
+    """Rows of a dict batch (pairs when ``label`` is present), an object with ``rows`` (an
+    RL experience) or a list."""
+    if isinstance(batch, dict):
+        return _batch_rows(batch)
+    rows = getattr(batch, "rows", None)
+    return int(rows) if rows is not None else len(batch)
 
 
 def _batch_rows(batch: dict) -> int:

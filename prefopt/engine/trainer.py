@@ -14,6 +14,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
+from prefopt.engine import distributed as dist
 from prefopt.engine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -51,9 +52,11 @@ class Trainer:
         self.scheduler = get_scheduler(self.cfg.lr_scheduler, self.optimizer,
                                        num_warmup_steps=self.cfg.warmup_steps,
                                        num_training_steps=max(self.total_steps, 1))
-        self.metrics = MetricsLog(self.out / "metrics.jsonl", self.accelerator, resume=resume)
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", self.accelerator, resume=resume,
+                                  enabled=self.accelerator.is_main_process)
         if resume:
             self._resume()
+        dist.broadcast_parameters(params)  # identical replicas, whatever the init did
 
     def _count_steps(self) -> int:
         per_epoch = sum(1 for _ in self.module.train_batches(0)) * self._updates_per_batch()
@@ -91,7 +94,7 @@ class Trainer:
                         continue  # resumed: skip batches already trained on
                     last = self._train_batch(batch, i) or last
                     progress.update(self.step - progress.n)
-                    if self._done() or self._stop_signal is not None:
+                    if self._done() or self._stopping():
                         break
                 if self._stop_signal is not None:
                     self.checkpoint()
@@ -106,6 +109,12 @@ class Trainer:
     def _done(self) -> bool:
         return self.total_steps > 0 and self.step >= self.total_steps
 
+    def _stopping(self) -> bool:
+        """A signal reached this process or another one: every process stops together."""
+        if dist.any_process(self._stop_signal is not None, self.accelerator.device):
+            self._stop_signal = self._stop_signal or signal.SIGTERM
+        return self._stop_signal is not None
+
     def _train_batch(self, batch, index: int) -> dict[str, float] | None:
         t0 = time.perf_counter()
         experience = self.module.rollout(batch)
@@ -119,6 +128,7 @@ class Trainer:
         t_train = time.perf_counter() - t1
         self.batch_in_epoch = index + 1
         tokens = sum(r.pop("train/tokens") for r in rows)
+        weight = sum(r.pop("train/weight") for r in rows)
         metrics = {**mean_metrics(rows), **self.module.rollout_metrics(),
                    "time/rollout": t_rollout, "time/train": t_train,
                    "time/step": time.perf_counter() - t0, "train/tokens": tokens,
@@ -127,6 +137,7 @@ class Trainer:
         self.module.after_step(self.step)
         if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
             metrics.update(self._evaluate())
+        metrics = dist.reduce_metrics(metrics, weight)
         if self.step % max(self.cfg.log_every, 1) == 0:
             self.metrics.log(self.step, metrics)
         if self.cfg.save_every and self.step % self.cfg.save_every == 0:
@@ -134,22 +145,33 @@ class Trainer:
         return metrics
 
     def _optimizer_step(self, micro_batches: list, index: int) -> dict[str, float]:
-        rows, tokens = [], 0.0
-        n = len(micro_batches)
-        for mb in micro_batches:
+        """Σ_mb (w_mb / W)·∇loss_mb, W = Σ w over every micro-batch of every process, then
+        gradients summed across processes: the gradient of the global batch's mean loss."""
+        weights = [self.module.loss_weight(mb) for mb in micro_batches]
+        total = dist.all_reduce_sum([sum(weights)], self.accelerator.device)[0]
+        rows, tokens, bad = [], 0.0, None
+        for mb, w in zip(micro_batches, weights):
             with self.accelerator.autocast():
                 loss, metrics = self.module.loss(mb)
             if not torch.isfinite(loss):
-                raise TrainingError(_non_finite("loss", self.step + 1, index, mb, loss))
-            self.accelerator.backward(loss / n)
+                bad = _non_finite("loss", self.step + 1, index, mb, loss)
+                break
+            if w > 0:
+                self.accelerator.backward(loss * (w / total))
             tokens += metrics.pop("tokens", 0.0)
-            rows.append({"loss": loss.item(), **metrics})
+            rows.append(({"loss": loss.item(), **metrics}, w))
+        if dist.any_process(bad is not None, self.accelerator.device):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingError(bad or f"non-finite loss on another process at step "
+                                f"{self.step + 1}; stopping. The last good checkpoint is kept.")
+        dist.sum_gradients([p for g in self.optimizer.param_groups for p in g["params"]])
         norm = self._clip()
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {**mean_metrics(rows), "grad_norm": norm, "train/tokens": tokens}
+        return {**weighted_mean(rows), "grad_norm": norm, "train/tokens": tokens,
+                "train/weight": sum(weights)}
 
     def _clip(self) -> float:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -181,6 +203,19 @@ class Trainer:
             self.module.state_dict(), keep=self.cfg.keep_checkpoints)
 
 
+def weighted_mean(rows: list[tuple[dict[str, float], float]]) -> dict[str, float]:
+    """Each key's mean over the micro-batches that report it, weighted by their loss weight
+    (equal weights when they are all 0)."""
+    if all(w == 0 for _, w in rows):
+        return mean_metrics([m for m, _ in rows])
+    out: dict[str, float] = {}
+    for key in dict.fromkeys(k for m, _ in rows for k in m):  # first-seen order
+        have = [(w, float(m[key])) for m, w in rows if key in m]
+        total = sum(w for w, _ in have)
+        out[key] = sum(w * v for w, v in have) / total if total > 0 else have[0][1]
+    return out
+
+
 def _named_trainable(model):
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
@@ -193,8 +228,10 @@ def _non_finite(what, step, index, mb, value) -> str:
 
 
 def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
-                       log_with=cfg.report_to or None, project_dir=str(out))
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
+                      log_with=cfg.report_to or None, project_dir=str(out))
+    dist.check_supported(acc)
+    return acc
 
 
 def _progress(trainer: Trainer):

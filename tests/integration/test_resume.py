@@ -36,12 +36,21 @@ def _losses(out: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows}
 
 
+def _latest_step(out: Path) -> int:
+    try:
+        return int((out / "checkpoints" / "latest").read_text().split("-")[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _start_and_wait(recipe, out, step):
+    """Start a run and wait until its latest checkpoint is at ``step`` or later (polling for
+    step-{step} itself can miss it on a busy machine: it is pruned two steps later)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(_cmd(recipe, out), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (out / "checkpoints" / f"step-{step}").is_dir():
+    while _latest_step(out) < step:
         assert proc.poll() is None and time.time() < deadline, "run ended before the kill"
         time.sleep(0.05)
     return proc

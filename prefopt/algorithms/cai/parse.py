@@ -188,6 +188,8 @@ def load_constitution(path: str | Path) -> Constitution:
         line = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ConstitutionError(f"{path}: {line}invalid YAML: {problem}") from None
+    except RecursionError:
+        raise ConstitutionError(f"{path}: invalid YAML: nested too deeply") from None
     return parse_constitution(data, str(path))
 
 

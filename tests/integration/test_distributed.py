@@ -1,0 +1,116 @@
+"""Two processes (torchrun, gloo on CPU) train exactly like one process on the same global
+batch: SFT, DPO (LoRA), the reward model and PPO (LoRA, greedy rollouts).
+
+Why equal: each rank collates its half of every global batch (epoch_batches shard), the
+engine back-propagates loss·w/W (w: the micro-batch's rows or tokens, W: their sum over all
+micro-batches of all ranks) and sums the gradients across ranks, so the step's gradient is
+the gradient of the global batch's mean loss; PPO whitens its advantages over the rows of
+both ranks. The single-process reference splits the same batch of 8 into two micro-batches
+of 4, the two-process run gives each rank 4 rows (one micro-batch): only the summation
+order differs, so the losses agree to ~1e-7 relative; we allow 1e-4 over 4 steps.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import distributed_driver as driver
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from prefopt.algorithms import ppo
+from prefopt.engine.trainer import Trainer
+from prefopt.recipe import load_recipe
+from prefopt.run import run_recipe
+
+ALGORITHMS = ("sft", "dpo", "reward", "ppo")
+RTOL = 1e-4
+WORDS = "hello world cat dog sky blue yes no good bad".split()
+PROMPTS = ["what is two plus three?", "hello", "sort these words", "what colour is the sky?",
+           "reverse cat dog", "tip", "good dog", "bad cat"]
+
+
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _recipes(root: Path, model: Path) -> dict[str, Path]:
+    # Completions of different lengths: a token-mean loss must be weighted by tokens.
+    demos = _jsonl(root / "demos.jsonl", [
+        {"prompt": f"what is {a} plus {b}?", "completion": f"the answer is {a} {b}" * (1 + i % 3)}
+        for i, (a, b) in enumerate((a, b) for a in ("two", "three", "five")
+                                   for b in ("two", "three", "five", "cat"))])
+    pairs = _jsonl(root / "pairs.jsonl", [
+        {"prompt": f"say {w}", "chosen": f"{w} yes", "rejected": f"no {w} {w} no"}
+        for w in WORDS] + [{"prompt": "tip", "chosen": "sleep well", "rejected": "bad"}] * 2)
+    prompts = _jsonl(root / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
+    train = {"lr": 1e-2, "max_steps": 4, "epochs": 10, "batch_size": 8, "micro_batch_size": 4,
+             "progress": False, "lr_scheduler": "constant", "seed": 1}
+    full, lora = {"path": str(model), "mode": "full"}, {"path": str(model), "mode": "lora",
+                                                        "lora_r": 4}
+    recipes = {
+        "sft": {"model": full, "data": {"train": demos, "max_length": 64}, "train": train},
+        "dpo": {"model": lora, "data": {"train": pairs, "max_length": 64}, "train": train},
+        "reward": {"model": full, "data": {"train": pairs, "max_length": 64}, "train": train,
+                   "reward": {"normalize": False}},
+        # 2 rollouts of 4 prompts x 2 PPO epochs; greedy, so both runs sample the same text
+        "ppo": {"model": lora, "data": {"train": prompts},
+                "train": {**train, "lr": 1e-3, "batch_size": 4, "micro_batch_size": 2},
+                "ppo": {"reward": str(model), "value_init": "policy", "ppo_epochs": 2,
+                        "sampling": {"max_new_tokens": 6, "do_sample": False,
+                                     "temperature": 1.0}}},
+    }
+    paths = {}
+    for name, body in recipes.items():
+        paths[name] = root / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump({"algorithm": name, "world": None, **body}))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_llama) -> dict[str, dict[str, Path]]:
+    root = tmp_path_factory.mktemp("distributed")
+    recipes = _recipes(root, tiny_llama)
+    args = [str(x) for name in ALGORITHMS for x in (recipes[name], root / "two" / name)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", driver.__file__, *args],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as mp:  # the single-process reference, in this process
+        mp.setattr(Trainer, "fit", driver.fit_and_dump)
+        mp.setattr(ppo, "load_reward_source", driver.YesSource)
+        for name in ALGORITHMS:
+            run_recipe(load_recipe(recipes[name]), root / "one" / name)
+    return {name: {"one": root / "one" / name, "two": root / "two" / name}
+            for name in ALGORITHMS}
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_two_processes_match_one(runs, name):
+    one, two = _rows(runs[name]["one"]), _rows(runs[name]["two"])
+    steps = [2, 4] if name == "ppo" else [1, 2, 3, 4]  # PPO logs once per rollout
+    assert [r["step"] for r in one] == [r["step"] for r in two] == steps  # rank 0 logs once
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=RTOL), (a["step"], a, b)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
+    assert one[0]["loss"] != pytest.approx(one[-1]["loss"], rel=1e-3)  # it did train
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_replicas_stay_identical_and_rank0_writes(runs, name):
+    two = runs[name]["two"]
+    w0 = load_file(str(two / "weights-rank0.safetensors"))
+    w1 = load_file(str(two / "weights-rank1.safetensors"))
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert (two / "final").is_dir() and (two / "summary.json").is_file()
+    assert sorted(p.name for p in two.iterdir() if p.name.startswith(".")) == []
