@@ -40,7 +40,7 @@ def plot_frontier(results: dict, path: Path) -> Path:
         d, g, _ = _track_points(runs)
         if len(d) < 3:
             continue
-        ax.plot(d, g, "o", alpha=0.5, ms=3, label=f"{name} checkpoints")
+        ax.plot(d, g, "o", alpha=0.5, ms=3, label=f"{name} probe along training")
         g0 = g[np.argmin(d)]
         alpha, beta = fit_gao_rl(d, g - g0)
         xs = np.linspace(0, d.max(), 50)
@@ -54,7 +54,8 @@ def plot_frontier(results: dict, path: Path) -> Path:
                         textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("√KL(π ‖ π_ref)  (√nats)")
     ax.set_ylabel("gold reward")
-    ax.set_title("Gold reward vs distance from the reference")
+    ax.set_title("Gold reward vs √KL: squares = final models on the test suite,\n"
+                 "dots = training-time probe on held-out validation prompts", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
