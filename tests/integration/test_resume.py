@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+WAIT_S = 900  # a guard against hangs only: a starved machine can take minutes to get there
+
 DEMOS = [{"prompt": f"what is {a} plus {b}?", "completion": f"the answer is {a}"}
          for a in ("two", "three", "five") for b in ("two", "three", "five")] * 2
 
@@ -49,9 +51,10 @@ def _start_and_wait(recipe, out, step):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(_cmd(recipe, out), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + WAIT_S
     while _latest_step(out) < step:
-        assert proc.poll() is None and time.time() < deadline, "run ended before the kill"
+        assert proc.poll() is None, "run ended before the kill"
+        assert time.time() < deadline, f"no checkpoint after {WAIT_S} s"
         time.sleep(0.05)
     return proc
 
@@ -82,9 +85,10 @@ def test_sigterm_writes_a_checkpoint_and_exits(tmp_path, tiny_llama):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(_cmd(recipe, out), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + WAIT_S
     while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text():
-        assert proc.poll() is None and time.time() < deadline
+        assert proc.poll() is None, "run ended before SIGTERM"
+        assert time.time() < deadline, f"no metrics after {WAIT_S} s"
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
