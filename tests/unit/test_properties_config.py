@@ -68,14 +68,16 @@ def test_the_valid_recipe_parses():
 @example("[" * 2000)  # nesting deeper than the YAML composer's recursion
 @example("algorithm: sft\ntrain: {lr: .inf, epochs: -1}\n")
 def test_random_text_gives_a_config_or_config_error(text):
-    parse_file(text.encode("utf-8"))
+    cfg = parse_file(text.encode("utf-8"))
+    assert cfg is None or isinstance(cfg, RunConfig)
 
 
 @FAST
 @given(st.binary(max_size=200))
 @example(b"algorithm: sft\nmodel: {path: \xff\xfe}\n")  # invalid UTF-8
 def test_random_bytes_give_a_config_or_config_error(data):
-    parse_file(data)
+    cfg = parse_file(data)
+    assert cfg is None or isinstance(cfg, RunConfig)
 
 
 @st.composite
@@ -101,11 +103,12 @@ def mutated_recipes(draw) -> dict:
 @FAST
 @given(mutated_recipes())
 def test_mutated_recipes_give_a_config_or_config_error(recipe):
-    parse_file(yaml.safe_dump(recipe, allow_unicode=True).encode())
+    from_file = parse_file(yaml.safe_dump(recipe, allow_unicode=True).encode())
     try:  # the same dict handed over directly (as prefopt compare does)
-        parse_recipe(recipe)
+        direct = parse_recipe(recipe)
     except ConfigError:
-        pass
+        direct = None
+    assert (from_file is None) == (direct is None)
 
 
 @FAST
