@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from prefopt.losses import last_token_index
 from prefopt.policy.load import ModelConfig, add_adapter, load_causal_lm, load_tokenizer
 from prefopt.policy.logprobs import position_ids_from_mask, unwrap_causal_lm
 
@@ -74,13 +75,6 @@ class ScalarModel(torch.nn.Module):
         if tokenizer is not None:
             tokenizer.save_pretrained(out)
         return out
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last 1 in each row, for left or right padding. (B, T) -> (B,)."""
-    t = attention_mask.shape[1]
-    positions = torch.arange(t, device=attention_mask.device).expand_as(attention_mask)
-    return torch.where(attention_mask.bool(), positions, -1).max(1).values.clamp(min=0)
 
 
 def new_scalar_model(cfg: ModelConfig, tokenizer=None) -> ScalarModel:
