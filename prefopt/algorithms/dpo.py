@@ -92,6 +92,9 @@ class DPOConfig:
     """Held-out prompts sampled (T = 1) for the KL(π_θ ‖ π_ref) estimate; 0 = skip."""
     eval_max_new_tokens: int = 32
     """Response length cap of those samples."""
+    group_by_length: bool = False
+    """Batch pairs of similar length together (length = the longer of chosen and rejected):
+    less padding, the same pairs per epoch."""
 
     def hparams(self) -> dict[str, float]:
         """Keyword arguments of the configured loss, e.g. {"alpha": rpo_alpha} for rpo."""
@@ -146,7 +149,8 @@ def pair_logps(policy: Policy, mb: dict, cfg: DPOConfig) -> PairLogps:
         if "ref_chosen" in mb:
             ref_w, ref_l = mb["ref_chosen"].to(logps), mb["ref_rejected"].to(logps)
         else:
-            ref = sequence_logprobs(policy.reference_token_logprobs(ids, attn), mask).detach()
+            t = policy.reference_token_logprobs(ids, attn, where=mask[:, 1:])
+            ref = sequence_logprobs(t, mask).detach()
             ref_w, ref_l = ref[:n], ref[n:]
     return PairLogps(logps[:n], logps[n:], lengths[:n], lengths[n:], ref_w, ref_l)
 
@@ -196,8 +200,10 @@ def estimate_kl(policy: Policy, prompts: list[Messages], max_new_tokens: int,
         ro = policy.generate(prompts, SamplingConfig(max_new_tokens, temperature=1.0))
     ids, attn = (t.to(policy.device) for t in ro.sequences())  # (N, P+R)
     mask = ro.completion_mask().to(policy.device)
-    logp = sequence_logprobs(policy.token_logprobs(ids, attn), mask)  # (N,)
-    ref = sequence_logprobs(policy.reference_token_logprobs(ids, attn), mask)  # (N,)
+    where = mask[:, 1:]
+    logp = sequence_logprobs(policy.token_logprobs(ids, attn, where=where), mask)  # (N,)
+    ref = sequence_logprobs(policy.reference_token_logprobs(ids, attn, where=where),
+                            mask)  # (N,)
     return {"eval/kl": (logp - ref).mean().item(),
             "eval/response_len": ro.response_mask.sum(-1).float().mean().item()}, ro.texts
 
@@ -252,9 +258,12 @@ class DPO(Module):
         return batch
 
     def train_batches(self, epoch):
+        lengths = ([max(len(p.chosen.input_ids), len(p.rejected.input_ids)) for p in self.train]
+                   if self.cfg.group_by_length else None)
         return epoch_batches(list(range(len(self.train))), self.batch_size, self.seed, epoch,
                              lambda idx: self._collate([self.train[i] for i in idx], idx,
-                                                       "train"), shard=self.shard)
+                                                       "train"),
+                             shard=self.shard, lengths=lengths)
 
     def loss(self, mb):
         return dpo_loss_and_metrics(self.policy, mb, self.cfg)

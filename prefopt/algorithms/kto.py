@@ -120,8 +120,10 @@ class KTO(Module):
         dev = self.policy.device
         ids, attn = mb[f"{prefix}input_ids"].to(dev), mb[f"{prefix}attention_mask"].to(dev)
         mask = mb[f"{prefix}completion_mask"].to(dev)
-        logps = sequence_logprobs(self.policy.token_logprobs(ids, attn), mask)
-        ref = sequence_logprobs(self.policy.reference_token_logprobs(ids, attn), mask)
+        where = mask[:, 1:]
+        logps = sequence_logprobs(self.policy.token_logprobs(ids, attn, where=where), mask)
+        ref = sequence_logprobs(self.policy.reference_token_logprobs(ids, attn, where=where),
+                                mask)
         return logps, ref.detach()
 
     def forward(self, mb: dict):

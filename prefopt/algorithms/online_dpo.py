@@ -168,8 +168,9 @@ class OnlineDPO(Module):
         for mb in split_batch(batch, self.cfg.ref_batch_size):
             dev = self.policy.device
             ids, attn = mb["input_ids"].to(dev), mb["attention_mask"].to(dev)
-            t = self.policy.reference_token_logprobs(ids, attn)
-            s = sequence_logprobs(t, mb["completion_mask"].to(dev)).float().cpu()  # (2b,)
+            mask = mb["completion_mask"].to(dev)
+            t = self.policy.reference_token_logprobs(ids, attn, where=mask[:, 1:])
+            s = sequence_logprobs(t, mask).float().cpu()  # (2b,)
             half = s.shape[0] // 2
             chosen.append(s[:half])
             rejected.append(s[half:])

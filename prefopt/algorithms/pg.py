@@ -149,7 +149,8 @@ class PolicyGradient(Module):
 
     def loss(self, mb: Experience):
         ids, attn, mask = mb.input_ids, mb.attention_mask, mb.response_mask
-        logp = self.policy.token_logprobs(ids, attn, self.cfg.sampling.temperature)  # (b, T-1)
+        logp = self.policy.token_logprobs(ids, attn, self.cfg.sampling.temperature,
+                                          where=mask)  # (b, T-1), 0 off the response
         pg_loss, metrics = ppo_policy_loss(logp, mb.old_logps, mb.extras["advantages"], mask,
                                            self.cfg.cliprange)
         loss = pg_loss

@@ -177,7 +177,8 @@ class PPO(Module):
     def loss(self, mb: Experience):
         cfg, x = self.cfg, mb.extras
         ids, attn, mask = mb.input_ids, mb.attention_mask, mb.response_mask
-        logp = self.policy.token_logprobs(ids, attn, cfg.sampling.temperature)  # (b, T-1)
+        logp = self.policy.token_logprobs(ids, attn, cfg.sampling.temperature,
+                                          where=mask)  # (b, T-1), 0 off the response
         values = self.value_model.values(ids, attn)[:, :-1].float()  # (b, T-1)
         pg_loss, pg_metrics = ppo_policy_loss(logp, mb.old_logps, x["advantages"], mask,
                                               cfg.cliprange)

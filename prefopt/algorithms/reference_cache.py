@@ -101,13 +101,16 @@ def compute_reference_logps(policy: Policy, pairs: Sequence[EncodedPair],
     for i in range(0, len(pairs), batch_size):
         rows = pairs[i:i + batch_size]
         batch = collate_pairs([p.chosen for p in rows], [p.rejected for p in rows], pad)
-        dev = {k: batch[k].to(policy.device) for k in ("input_ids", "attention_mask")}
+        dev = {k: batch[k].to(policy.device)
+               for k in ("input_ids", "attention_mask", "completion_mask")}
+        args = (dev["input_ids"], dev["attention_mask"])
+        where = dev["completion_mask"][:, 1:]
         if policy.uses_adapters:
             with policy.reference() as ref:
-                t = token_logprobs(ref, dev["input_ids"], dev["attention_mask"])
+                t = token_logprobs(ref, *args, where=where)
         else:
-            t = token_logprobs(policy.model, dev["input_ids"], dev["attention_mask"])
-        s = sequence_logprobs(t, batch["completion_mask"].to(t.device)).float().cpu()
+            t = token_logprobs(policy.model, *args, where=where)
+        s = sequence_logprobs(t, dev["completion_mask"]).float().cpu()
         chosen.append(s[:len(rows)])  # (b,)
         rejected.append(s[len(rows):])  # (b,)
     empty = torch.zeros(0)

@@ -53,6 +53,9 @@ class RewardConfig:
     """Pairs per forward in ``evaluate`` and rows per forward when normalising."""
     ece_bins: int = 10
     """Equal-width bins of σ(r_w − r_l) for the expected calibration error."""
+    group_by_length: bool = False
+    """Batch pairs of similar length together (length = the longer of chosen and rejected):
+    less padding, the same pairs per epoch."""
 
 
 class RewardModule(Module):
@@ -87,8 +90,10 @@ class RewardModule(Module):
                              [r.margin for r in rows])
 
     def train_batches(self, epoch):
+        lengths = ([max(len(p.chosen.input_ids), len(p.rejected.input_ids)) for p in self.train]
+                   if self.cfg.group_by_length else None)
         return epoch_batches(self.train, self.batch_size, self.seed, epoch, self._collate,
-                             shard=self.shard)
+                             shard=self.shard, lengths=lengths)
 
     def rewards(self, mb) -> tuple[torch.Tensor, torch.Tensor]:
         """(r_chosen (B,), r_rejected (B,)) from one concatenated (2B, T) forward."""

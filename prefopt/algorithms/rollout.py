@@ -96,11 +96,13 @@ def timed(timings: dict[str, float], key: str):
     timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
 
 
-def batched(fn: Callable[[Tensor, Tensor], Tensor], ids: Tensor, mask: Tensor,
-            size: int) -> Tensor:
-    """``fn`` over row chunks of ``size`` (0 = all rows at once), concatenated along dim 0."""
+def batched(fn: Callable[..., Tensor], ids: Tensor, mask: Tensor, size: int,
+            *more: Tensor) -> Tensor:
+    """``fn(ids, mask, *more)`` over row chunks of ``size`` (0 = all rows at once),
+    concatenated along dim 0."""
     size = size if size > 0 else ids.shape[0]
-    return torch.cat([fn(ids[i:i + size], mask[i:i + size]) for i in range(0, len(ids), size)])
+    return torch.cat([fn(*(t[i:i + size] for t in (ids, mask, *more)))
+                      for i in range(0, len(ids), size)])
 
 
 def score_rollout(source, records: list[PromptRecord], rollout: Rollout, tokenizer) -> Tensor:
@@ -134,12 +136,12 @@ def make_experience(policy: Policy, records: Sequence[PromptRecord], source: Rew
         raw = score_rollout(source, records, rollout, policy.tokenizer)
     dev, temp = policy.device, sampling.temperature
     ids, attn = (t.to(dev) for t in rollout.sequences())  # (B, T)
-    with timed(timings, "time/logprobs"):
-        old_logps = batched(lambda i, m: policy.token_logprobs(i, m, temp), ids, attn,
-                            forward_batch_size)  # (B, T-1)
-        ref_logps = batched(lambda i, m: policy.reference_token_logprobs(i, m, temp), ids,
-                            attn, forward_batch_size)  # (B, T-1)
     mask = rollout.completion_mask()[:, 1:].to(dev)  # (B, T-1)
+    with timed(timings, "time/logprobs"):  # response positions only; 0 elsewhere
+        old_logps = batched(lambda i, m, w: policy.token_logprobs(i, m, temp, where=w), ids,
+                            attn, forward_batch_size, mask)  # (B, T-1)
+        ref_logps = batched(lambda i, m, w: policy.reference_token_logprobs(i, m, temp, where=w),
+                            ids, attn, forward_batch_size, mask)  # (B, T-1)
     kl = kl_estimate(old_logps, ref_logps, kl_estimator) * mask  # (B, T-1)
     has_eos = rollout.has_eos.to(dev)
     raw = raw.to(dev)

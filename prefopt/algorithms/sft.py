@@ -62,7 +62,7 @@ class SFT(Module):
         dev = self.policy.device
         ids, attn = mb["input_ids"].to(dev), mb["attention_mask"].to(dev)
         mask = mb["completion_mask"].to(dev)
-        token_logps = self.policy.token_logprobs(ids, attn)
+        token_logps = self.policy.token_logprobs(ids, attn, where=mask[:, 1:])
         n_tokens = mask[:, 1:].sum()
         nll = -sequence_logprobs(token_logps, mask).sum() / n_tokens.clamp(min=1)
         return nll, {"sft/nll": nll.item(), "tokens": float(attn.sum())}

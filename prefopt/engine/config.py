@@ -14,7 +14,8 @@ class TrainConfig:
     adam_eps: float = 1e-8
     """AdamW epsilon (1e-5 in the PPO N+ recipe of Huang et al. 2024)."""
     lr_scheduler: Literal["constant", "linear", "cosine"] = "linear"
-    """Decay after warm-up; linear decays to 0 at the last step."""
+    """Decay after warm-up; linear and cosine reach 0 at the last step. The linear warm-up
+    over ``warmup_steps`` applies to every kind, constant included."""
     warmup_steps: int = 0
     epochs: int = 1
     """Passes over the training data (RL: over the prompts)."""

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from transformers import get_scheduler
 
 from prefopt.engine import distributed as dist
 from prefopt.engine.checkpoint import (
@@ -24,6 +23,7 @@ from prefopt.engine.checkpoint import (
 from prefopt.engine.config import TrainConfig
 from prefopt.engine.metrics import MetricsLog, mean_metrics, peak_memory_mb
 from prefopt.engine.module import Module
+from prefopt.engine.optim import make_optimizer, make_scheduler
 from prefopt.errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,10 @@ class Trainer:
         params = self.module.trainable_parameters()
         if not params:
             raise TrainingError("the module has no trainable parameters")
-        self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, eps=self.cfg.adam_eps,
-                                           weight_decay=self.cfg.weight_decay)
+        self.optimizer = make_optimizer(params, self.cfg)
         self.total_steps = self._count_steps()
-        self.scheduler = get_scheduler(self.cfg.lr_scheduler, self.optimizer,
-                                       num_warmup_steps=self.cfg.warmup_steps,
-                                       num_training_steps=max(self.total_steps, 1))
+        self.scheduler = make_scheduler(self.optimizer, self.cfg.lr_scheduler,
+                                        self.cfg.warmup_steps, max(self.total_steps, 1))
         self.metrics = MetricsLog(self.out / "metrics.jsonl", self.accelerator, resume=resume,
                                   enabled=self.accelerator.is_main_process)
         if resume:

@@ -45,8 +45,9 @@ class Probe:
         ids, attn = ids.to(dev), attn.to(dev)
         mask = roll.completion_mask()[:, 1:].to(dev).float()
         t = self.sampling.temperature
-        logp = token_logprobs(self.policy.model, ids, attn, t)
-        ref = self.policy.reference_token_logprobs(ids, attn, t)
+        where = mask.bool()
+        logp = token_logprobs(self.policy.model, ids, attn, t, where=where)
+        ref = self.policy.reference_token_logprobs(ids, attn, t, where=where)
         return float(((logp - ref) * mask).sum(1).mean())
 
 

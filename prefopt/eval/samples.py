@@ -144,10 +144,10 @@ def rollout_logprobs(policy: Policy, rollout, temperature: float,
     seq: list[float] = []
     tokens: list[list[float]] = []
     for i in range(0, ids.shape[0], batch_size):
-        t = policy.token_logprobs(ids[i:i + batch_size].to(policy.device),
-                                  mask[i:i + batch_size].to(policy.device),
-                                  temperature).float().cpu()  # (b, P+R-1)
         c = completion[i:i + batch_size]
+        t = policy.token_logprobs(ids[i:i + batch_size].to(policy.device),
+                                  mask[i:i + batch_size].to(policy.device), temperature,
+                                  where=c[:, 1:].to(policy.device)).float().cpu()  # (b, P+R-1)
         seq.extend(sequence_logprobs(t, c).tolist())
         tokens.extend(row[m].tolist() for row, m in zip(t, c[:, 1:].bool()))
     return seq, tokens

@@ -64,17 +64,27 @@ def _chunk_logprobs(head, hidden, targets, temperature):
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    temperature: float = 1.0, chunk: int = 4,
-                   recompute: bool = False) -> torch.Tensor:
-    """log π(x_{t+1} | x_{≤t}) for t = 0..T-2. (B, T) -> (B, T-1)."""
+                   recompute: bool = False, where: torch.Tensor | None = None) -> torch.Tensor:
+    """log π(x_{t+1} | x_{≤t}) for t = 0..T-2. (B, T) -> (B, T-1).
+
+    ``where`` (B, T-1), optional: the positions whose log-prob is needed (e.g. the
+    completion mask shifted by one). The LM head then runs only on those positions, and the
+    others are 0 — on a prompt-heavy batch or a large vocabulary most of the head's FLOPs
+    and memory go away. Without it every position is computed.
+    """
     position_ids = position_ids_from_mask(attention_mask)
     split = backbone_and_head(model)
     is_wrapped = hasattr(model, "module")  # DDP must see its own forward for gradient sync
     if split is None or is_wrapped:
-        return naive_token_logprobs(model, input_ids, attention_mask, temperature)
+        out = naive_token_logprobs(model, input_ids, attention_mask, temperature)
+        return out if where is None else out.masked_fill(~where.bool(), 0.0)
     backbone, head = split
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
                       position_ids=position_ids).last_hidden_state[:, :-1]  # (B, T-1, H)
     targets = input_ids[:, 1:]
+    if where is not None:
+        return _selected_logprobs(head, hidden, targets, where.bool(), temperature,
+                                  chunk * targets.shape[1], recompute)
     out = []
     for i in range(0, input_ids.shape[0], chunk):
         h, y = hidden[i:i + chunk], targets[i:i + chunk]
@@ -83,6 +93,22 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         else:
             out.append(_chunk_logprobs(head, h, y, temperature))
     return torch.cat(out)
+
+
+def _selected_logprobs(head, hidden, targets, where, temperature, chunk_tokens, recompute):
+    """The head and selective log-softmax on the N selected positions only, ``chunk_tokens``
+    at a time; scattered back into zeros. hidden (B, T-1, H), where (B, T-1) -> (B, T-1)."""
+    h, y = hidden[where], targets[where]  # (N, H), (N,)
+    parts = []
+    for i in range(0, h.shape[0], max(chunk_tokens, 1)):
+        args = (head, h[i:i + chunk_tokens], y[i:i + chunk_tokens], temperature)
+        if recompute and torch.is_grad_enabled():
+            parts.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))
+        else:
+            parts.append(_chunk_logprobs(*args))
+    picked = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+    out = torch.zeros(targets.shape, dtype=picked.dtype, device=hidden.device)
+    return out.masked_scatter(where, picked)
 
 
 def naive_token_logprobs(model, input_ids, attention_mask, temperature: float = 1.0):

@@ -37,15 +37,20 @@ class Policy:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     # ---- log-probs -------------------------------------------------------------------
-    def token_logprobs(self, input_ids, attention_mask, temperature: float = 1.0, model=None):
-        """(B, T) -> (B, T-1) log-probs of each next token under the policy."""
-        return token_logprobs(model or self.model, input_ids, attention_mask, temperature)
+    def token_logprobs(self, input_ids, attention_mask, temperature: float = 1.0, model=None,
+                       where=None):
+        """(B, T) -> (B, T-1) log-probs of each next token under the policy; with ``where``
+        (B, T-1) only those positions are computed and the rest are 0."""
+        return token_logprobs(model or self.model, input_ids, attention_mask, temperature,
+                              where=where)
 
     def sequence_logprobs(self, batch: dict, temperature: float = 1.0) -> tuple[torch.Tensor,
                                                                                   torch.Tensor]:
         """(Σ completion log-probs (B,), per-token log-probs (B, T-1)) for a collated batch."""
-        t = self.token_logprobs(batch["input_ids"], batch["attention_mask"], temperature)
-        return sequence_logprobs(t, batch["completion_mask"]), t
+        mask = batch["completion_mask"]
+        t = self.token_logprobs(batch["input_ids"], batch["attention_mask"], temperature,
+                                where=mask[:, 1:])
+        return sequence_logprobs(t, mask), t
 
     @contextmanager
     def reference(self):
@@ -60,9 +65,10 @@ class Policy:
             yield self._frozen_ref
 
     @torch.no_grad()
-    def reference_token_logprobs(self, input_ids, attention_mask, temperature: float = 1.0):
+    def reference_token_logprobs(self, input_ids, attention_mask, temperature: float = 1.0,
+                                 where=None):
         with self.reference() as ref:
-            return token_logprobs(ref, input_ids, attention_mask, temperature)
+            return token_logprobs(ref, input_ids, attention_mask, temperature, where=where)
 
     def sync_reference(self, alpha: float = 1.0) -> None:
         """π_ref ← α·π_θ + (1−α)·π_ref (TR-DPO, Gorbatovski et al. 2024). Full mode only."""

@@ -337,3 +337,20 @@ def test_online_rollout_orients_pairs_and_updates(policy):
     exp = module.rollout(recs)  # no label (an unparseable judge answer): the pair is dropped
     assert exp["label"].tolist() == pytest.approx([0.9, 0.8]) and exp["index"].tolist() == [1, 2]
     assert module.rollout_metrics()["online/unlabelled"] == pytest.approx(1 / 3)
+
+
+def test_group_by_length_batches_pairs_of_similar_length(policy):
+    """8 pairs whose longer side grows with the index, batch 2: grouping sorts the epoch's
+    order by length within a window of 32 batches, so every batch holds two neighbours
+    {0,1}, {2,3}, ... (in a shuffled batch order), and each pair is seen once per epoch."""
+    words = ["one", "two", "three", "four", "five", "six", "seven", "eight"]
+    shuffled = [5, 2, 7, 0, 3, 6, 1, 4]  # input order unrelated to length
+    pairs = [PreferencePair(user("say it"), " ".join(words[:k + 1]), "no", id=f"p{k}")
+             for k in shuffled]
+    module = DPO(policy, pairs, DPOConfig(group_by_length=True), 64, batch_size=2)
+    length_rank = {i: shuffled[i] for i in range(8)}  # row -> its length rank
+    for epoch in range(2):
+        batches = [b["index"].tolist() for b in module.train_batches(epoch)]
+        assert sorted(i for b in batches for i in b) == list(range(8))
+        assert sorted(sorted(length_rank[i] // 2 for i in b) for b in batches) == [
+            [0, 0], [1, 1], [2, 2], [3, 3]]

@@ -59,6 +59,41 @@ def test_recompute_gives_same_gradients(tiny_llama):
     torch.testing.assert_close(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("recompute", [False, True])
+def test_selected_positions_match_naive_values_and_gradients(tiny_models, arch, recompute):
+    """``where``: the LM head runs on the completion positions only. Those values and the
+    gradient of their sum equal the naive full-vocabulary reference; other positions are 0."""
+    policy = load_policy(ModelConfig(path=str(tiny_models[arch]), mode="full"))
+    batch = _batch(policy)
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    where = batch["completion_mask"][:, 1:].bool()
+    out, grads = [], []
+    for fast in (True, False):
+        policy.model.zero_grad()
+        if fast:
+            lp = token_logprobs(policy.model, ids, attn, 0.7, chunk=1, recompute=recompute,
+                                where=where)
+        else:
+            lp = naive_token_logprobs(policy.model, ids, attn, 0.7)
+        (lp * where).sum().backward()
+        out.append(lp.detach())
+        grads.append([p.grad.clone() for p in policy.model.parameters() if p.grad is not None])
+    torch.testing.assert_close(out[0][where], out[1][where], atol=1e-5, rtol=1e-5)
+    assert torch.equal(out[0][~where], torch.zeros_like(out[0][~where]))
+    assert len(grads[0]) == len(grads[1]) > 0
+    for g_fast, g_naive in zip(*grads):
+        torch.testing.assert_close(g_fast, g_naive, atol=1e-5, rtol=1e-4)
+
+
+def test_selected_positions_can_be_empty(tiny_llama):
+    policy = load_policy(ModelConfig(path=str(tiny_llama), mode="full"))
+    batch = _batch(policy)
+    where = torch.zeros_like(batch["completion_mask"][:, 1:], dtype=torch.bool)
+    lp = token_logprobs(policy.model, batch["input_ids"], batch["attention_mask"], where=where)
+    assert torch.equal(lp, torch.zeros(where.shape))
+
+
 def test_left_padding_does_not_change_logprobs(tiny_llama):
     """A prompt left-padded in a batch scores as it does alone (position ids skip padding)."""
     policy = load_policy(ModelConfig(path=str(tiny_llama)))

@@ -102,13 +102,15 @@ def test_masks_logps_kl_and_eos_penalty_exact(policy, monkeypatch):
     assert exp.input_ids.tolist() == [[4, 45, 23, 10, EOS, PAD], [PAD, 4, 18, 11, 12, 13]]
     assert exp.attention_mask.tolist() == [[1, 1, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]]
     assert exp.response_mask.tolist() == [[0, 0, 1, 1, 0], [0, 0, 1, 1, 1]]
-    # old log-probs = naive log_softmax(logits / T) gathered, on every real position
+    # old log-probs = naive log_softmax(logits / T) gathered, on the response positions
+    # (the LM head runs only there); 0 elsewhere
     naive = naive_token_logprobs(policy.model, exp.input_ids, exp.attention_mask, 0.7)
-    real = exp.attention_mask[:, 1:].bool()
-    torch.testing.assert_close(exp.old_logps[real], naive[real], atol=1e-5, rtol=1e-5)
+    resp = exp.response_mask.bool()
+    torch.testing.assert_close(exp.old_logps[resp], naive[resp], atol=1e-5, rtol=1e-5)
     with policy.reference() as ref:
         naive_ref = naive_token_logprobs(ref, exp.input_ids, exp.attention_mask, 0.7)
-    torch.testing.assert_close(exp.ref_logps[real], naive_ref[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(exp.ref_logps[resp], naive_ref[resp], atol=1e-5, rtol=1e-5)
+    assert not exp.old_logps[~resp].any() and not exp.ref_logps[~resp].any()
     # k1 on response positions only
     torch.testing.assert_close(exp.kl, (naive - naive_ref) * exp.response_mask)
     assert exp.kl.abs().sum() > 0
