@@ -242,7 +242,9 @@ def gathered(*models: nn.Module):
 def gathered_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
     """The full state dict of a sharded model inside ``gathered`` (the keys of
     ``model.state_dict()``), or None for an unsharded model (callers then use their usual
-    save). ``state_dict()`` itself would return shards: FSDP reshards in its pre-hook."""
+    save). ``state_dict()`` itself would return shards: FSDP reshards in its pre-hook.
+    The tensors are the gathered storage itself, freed when ``gathered`` exits: use them
+    inside it only."""
     if not is_sharded(model):
         return None
     if not all(getattr(u, "_prefopt_gathered", False) for u in units([model])):
@@ -293,7 +295,7 @@ def _like(value: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         return value
     from torch.distributed.tensor import distribute_tensor
 
-    value = value.to(device=ref.device, dtype=ref.dtype)
+    value = value.detach().to(device=ref.device, dtype=ref.dtype)
     return distribute_tensor(value, ref.device_mesh, ref.placements, src_data_rank=None)
 
 
