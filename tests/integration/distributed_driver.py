@@ -1,7 +1,7 @@
 """Runs prefopt recipes in one process or under torchrun, for test_distributed.py.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 distributed_driver.py \
-        RECIPE OUT [RECIPE OUT ...]
+        [--resume] RECIPE OUT [RECIPE OUT ...]
 
 After each run every rank writes its trainable weights to OUT/weights-rank{R}.safetensors
 (so the test can check that the replicas are identical; under FSDP the gathered shards)
@@ -111,11 +111,14 @@ class YesSource:
 
 
 def main(argv: list[str]) -> None:
+    """RECIPE OUT pairs; a leading --resume resumes each run from OUT/checkpoints."""
     torch.set_num_threads(1)
     Trainer.fit = fit_and_dump
     ppo.load_reward_source = YesSource
+    resume = argv[:1] == ["--resume"]
+    argv = argv[1:] if resume else argv
     for recipe, out in zip(argv[0::2], argv[1::2]):
-        run_recipe(load_recipe(recipe), out)
+        run_recipe(load_recipe(recipe), out, resume=resume)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Two processes with FSDP2 parameter sharding (``train.sharding: fsdp``, torchrun, gloo on
-CPU) train like one process on the same global batch: SFT (full), DPO (LoRA; full with a
+CPU) train like one process on the same global batch: SFT (full, QLoRA), DPO (LoRA; full with a
 precomputed reference; full with a live reference copy, sharded too), the reward model
 (full, with its post-training normalisation) and PPO (LoRA, greedy rollouts: each rank
-generates for its own prompts inside ``sharding.gathered``).
+generates for its own prompts inside ``sharding.gathered``). Checkpoints move between the
+modes: an FSDP checkpoint resumes in one process, a single-process one under FSDP launched
+by ``accelerate launch`` with recipes/accelerate/cpu_fsdp_2proc.yaml.
 
 Why equal: as without sharding (test_distributed.py), each rank back-propagates loss·w/W on
 its half of every global batch; FSDP reduce-scatters the gradients with a plain sum
@@ -37,7 +39,8 @@ NOISE = {"reward": {"head.bias"}}
 """Parameters whose gradient is rounding noise: the Bradley–Terry loss depends on r_w − r_l
 only, so the reward head's bias has a zero gradient up to summation order, which AdamW
 scales up to steps of ±lr (1.2e-3 apart after 4 steps, without sharding as well)."""
-RUNS = ("sft", "dpo", "dpo_full", "dpo_full_live", "reward", "ppo")
+RUNS = ("sft", "sft_qlora", "dpo", "dpo_full", "dpo_full_live", "reward", "ppo")
+ACCELERATE_FSDP = Path(__file__).parents[2] / "recipes" / "accelerate" / "cpu_fsdp_2proc.yaml"
 
 
 def _bodies(root: Path, model: Path) -> dict[str, dict]:
@@ -47,6 +50,9 @@ def _bodies(root: Path, model: Path) -> dict[str, dict]:
         # a checkpoint every step, all kept: step 2 is resumed in one process below
         "sft": {**base["sft"], "train": {**base["sft"]["train"], "save_every": 1,
                                          "keep_checkpoints": 4}},
+        # the 4-bit codes are sharded as uint8; bitsandbytes keeps the quantisation state
+        # on the module, whole on every rank
+        "sft_qlora": {**base["sft"], "model": {**base["dpo"]["model"], "mode": "qlora"}},
         "dpo": base["dpo"],
         "dpo_full": {**base["dpo"], "model": full, "dpo": {"reference": "precomputed"}},
         "dpo_full_live": {**base["dpo"], "model": full},
@@ -91,6 +97,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 LLAMA_UNITS = ["model", "model.layers.0", "model.layers.1", "lm_head"]
 UNITS = {  # per run: the units of each sharded model (the root "" first), as prefixed
     "sft": [("", "")],
+    "sft_qlora": [("", "base_model.model.")],
     "dpo": [("", "base_model.model.")],
     "dpo_full": [("", "")],
     "dpo_full_live": [("", ""), ("", "")],  # the policy and its frozen reference copy
@@ -185,3 +192,29 @@ def test_fsdp_checkpoint_resumes_in_one_process(runs, tmp_path):
     assert sorted(resumed) == [1, 2, 3, 4]
     for step in (3, 4):
         assert resumed[step] == pytest.approx(one[step], rel=RTOL), step
+
+
+def test_accelerate_fsdp_resumes_a_single_process_checkpoint(runs, tmp_path):
+    """accelerate's distributed_type FSDP turns sharding on (the recipe says none), and the
+    single-process step-2 checkpoint loads into the shards (weights and AdamW moments):
+    steps 3 and 4 give the uninterrupted single-process losses."""
+    one, out = runs["sft"]["one"], tmp_path / "resumed"
+    shutil.copytree(one / "checkpoints" / "step-2", out / "checkpoints" / "step-2")
+    (out / "checkpoints" / "latest").write_text("step-2")
+    shutil.copy(one / "metrics.jsonl", out / "metrics.jsonl")
+    body = _bodies(tmp_path, Path(load_recipe(runs["sft"]["recipe"]).model.path))["sft"]
+    recipe = driver.write_recipe(tmp_path / "sft.yaml",
+                                 {**body, "train": {**body["train"], "sharding": "none"}})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(ACCELERATE_FSDP), driver.__file__, "--resume", str(recipe),
+                           str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "sharding-rank0.json").read_text())
+    assert report[0]["units"] and report[0]["local"] < 0.51 * report[0]["total"]
+    resumed = {r["step"]: r["loss"] for r in _rows(out)}
+    expected = {r["step"]: r["loss"] for r in _rows(one)}
+    assert sorted(resumed) == [1, 2, 3, 4]
+    for step in (3, 4):
+        assert resumed[step] == pytest.approx(expected[step], rel=RTOL), step
