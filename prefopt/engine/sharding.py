@@ -153,7 +153,7 @@ def make_mesh(device: torch.device):
 
 def shard_model(model: nn.Module, mesh, reshard_after_forward: bool = True) -> list[str]:
     """Make ``model`` an FSDP2 root with the units described in the module docstring;
-    returns the units' names (``""`` for the root), outermost last.
+    returns the units' names in module order (``""``, the root, first).
 
     Sums gradients across processes instead of averaging them, and initialises the root
     at once (FSDP otherwise makes the first unit that runs forward the root, which would
@@ -175,12 +175,12 @@ def shard_model(model: nn.Module, mesh, reshard_after_forward: bool = True) -> l
     _shard_leftovers(model, unit, reshard_after_forward)
     if not is_unit(model):
         unit(model, False)  # the root keeps its (few) parameters for the backward pass
-    units = [(n, m) for n, m in model.named_modules() if is_unit(m)]
-    for _, m in units:
+    named = [(n, m) for n, m in model.named_modules() if is_unit(m)]
+    for _, m in named:
         m.set_gradient_divide_factor(1.0)
         m.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no PREMUL_SUM)
     model._get_fsdp_state()._lazy_init()  # no public API: see the docstring
-    return [n for n, _ in units]
+    return [n for n, _ in named]
 
 
 def _shard_leftovers(module: nn.Module, unit, reshard: bool) -> None:
