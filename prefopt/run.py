@@ -16,6 +16,7 @@ from accelerate.utils import set_seed
 from prefopt.algorithms.registry import algorithm_spec
 from prefopt.engine.distributed import local_only
 from prefopt.engine.metrics import peak_memory_mb
+from prefopt.engine.sharding import gathered
 from prefopt.engine.trainer import Trainer, make_accelerator, write_summary
 from prefopt.errors import TrainingError
 from prefopt.eval.probe import attach_probe
@@ -99,8 +100,10 @@ def run_recipe(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dic
         metrics = Trainer(module, cfg.train, out, ctx.accelerator).fit(resume=resume)
     else:  # nothing to train (best-of-n): ``save`` writes final/, ``summary`` the metrics
         metrics = module.summary()
+    with gathered(*_models(module)):  # FSDP: every process gathers, the main one saves
+        if ctx.accelerator.is_main_process:
+            save_final(module, out)
     if ctx.accelerator.is_main_process:
-        save_final(module, out)
         summary = {"algorithm": cfg.algorithm, **metrics, **peak_memory_mb(),
                    "time/total_s": time.perf_counter() - t0,
                    **{f"gen/{k}": v - generated[k] for k, v in GENERATED.items()},
@@ -108,6 +111,11 @@ def run_recipe(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> dic
         write_summary(out, summary)
         return summary
     return metrics
+
+
+def _models(module) -> list:
+    models = getattr(module, "models", None)
+    return list(models()) if models is not None else []
 
 
 def save_final(module, out: Path) -> Path:

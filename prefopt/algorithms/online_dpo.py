@@ -116,6 +116,10 @@ def label_stats(records, a, b, p: torch.Tensor, gold) -> dict[str, float]:
 
 class OnlineDPO(Module):
     name = "online_dpo"
+    shardable = False
+    shardable_reason = ("each process keeps the pairs its labeler decided, so processes run "
+                        "different numbers of reference forwards and micro-batches, and "
+                        "every FSDP forward is a collective; use train.sharding: none")
 
     def __init__(self, policy: Policy, prompts: list[PromptRecord], source,
                  cfg: OnlineDPOConfig, batch_size: int, seed: int = 0,

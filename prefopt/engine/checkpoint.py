@@ -4,6 +4,10 @@ A checkpoint directory holds the trainable weights (safetensors), the optimizer 
 scheduler states, the RNG states, the data position and the algorithm's state. It is
 written to a temporary directory and renamed into place, so a crash never leaves a
 half-written checkpoint; ``latest`` names the newest complete one.
+
+Tensors are always whole: under FSDP the shards are gathered before writing and cut again
+on loading (prefopt.engine.sharding), so a checkpoint resumes with or without sharding and
+on any number of processes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from prefopt.engine.sharding import full_tensor, load_full, shard_optimizer_state
 from prefopt.errors import TrainingError
 
 
@@ -40,17 +45,22 @@ def _set_rng_state(state: dict) -> None:
 
 
 def trainable_state(named_params) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in named_params}
+    """Whole CPU copies of the parameters (gathered from every process when sharded: then
+    every process must call it)."""
+    return {n: full_tensor(p.detach()).cpu().contiguous() for n, p in named_params}
 
 
-def save_checkpoint(root: Path, step: int, params: dict[str, torch.Tensor], optimizer,
-                    scheduler, position: dict, module_state: dict, keep: int = 2) -> Path:
-    """Write ``root/step-{step}`` atomically and point ``root/latest`` at it."""
+def save_checkpoint(root: Path, step: int, params: dict[str, torch.Tensor],
+                    optimizer_state: dict, scheduler, position: dict, module_state: dict,
+                    keep: int = 2) -> Path:
+    """Write ``root/step-{step}`` atomically and point ``root/latest`` at it.
+    ``optimizer_state``: ``optimizer.state_dict()`` with whole tensors
+    (``sharding.full_optimizer_state``)."""
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=root))
     try:
         save_file(params, str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                     "rng": _rng_state()}, tmp / "state.pt")
         (tmp / "trainer.json").write_text(json.dumps({"step": step, **position}))
         (tmp / "module.json").write_text(json.dumps(module_state))
@@ -83,16 +93,16 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 def load_checkpoint(path: Path, named_params: dict[str, torch.nn.Parameter], optimizer,
                     scheduler) -> tuple[dict, dict]:
-    """Restore weights, optimizer, scheduler and RNG; return (position, module_state)."""
+    """Restore weights, optimizer, scheduler and RNG; return (position, module_state).
+    Sharded parameters and their AdamW moments get this process's slice of each tensor."""
     weights = load_file(str(path / "trainable.safetensors"))
     missing = set(named_params) - set(weights)
     if missing:
         raise TrainingError(f"{path}: checkpoint lacks parameters {sorted(missing)[:3]}...")
-    with torch.no_grad():
-        for name, p in named_params.items():
-            p.copy_(weights[name])
+    for name, p in named_params.items():
+        load_full(p, weights[name])
     state = torch.load(path / "state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
+    optimizer.load_state_dict(shard_optimizer_state(state["optimizer"], optimizer))
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
     position = json.loads((path / "trainer.json").read_text())

@@ -29,6 +29,11 @@ class TrainConfig:
     """Clip the global gradient norm (0 = off)."""
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    sharding: Literal["none", "fsdp"] = "none"
+    """none: every process holds a full replica and the engine sums gradients (DDP
+    semantics). fsdp: parameters, gradients and AdamW state are sharded over the processes
+    with FSDP2 (prefopt.engine.sharding; docs/scaling.md). Set by accelerate's
+    ``distributed_type: FSDP`` as well. One process ignores it."""
     log_every: int = 1
     eval_every: int = 0
     """Run the module's held-out evaluation every N steps (0 = only at the end)."""

@@ -11,12 +11,14 @@ every process, and the gradients are summed across processes. The result is the 
 the mean over the global batch, for any micro-batch size and number of processes.
 
 Every helper is the identity (and issues no collective) in a single process.
-FSDP and DeepSpeed shard parameters and need ``prepare``: not supported yet
-(``check_supported``; docs/scaling.md).
+``train.sharding: fsdp`` shards the parameters instead of replicating them
+(prefopt.engine.sharding); the loss scaling and the summed gradients stay the same, FSDP's
+reduce-scatter doing the sum. DeepSpeed is refused (``check_supported``; docs/scaling.md).
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import torch
@@ -51,15 +53,53 @@ def local_only():
         _local = saved
 
 
-def check_supported(accelerator) -> None:
-    """Refuse the accelerate modes that shard parameters; the engine does not prepare them."""
+def check_supported(accelerator, sharding: str = "none") -> str:
+    """The sharding mode of the run: ``sharding`` (``train.sharding``), or ``fsdp`` when
+    accelerate was launched with ``distributed_type: FSDP``. Refuses what prefopt cannot
+    honour: DeepSpeed, Megatron-LM and XLA, FSDP version 1, and the FSDP options
+    prefopt does not implement (parameter offload, FSDP's own activation checkpointing)."""
     kind = str(getattr(accelerator, "distributed_type", "NO")).split(".")[-1]
-    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"):
+    if kind in ("DEEPSPEED", "MEGATRON_LM", "XLA"):
         raise ConfigError(
-            f"accelerate distributed_type {kind} is not supported yet: prefopt's engine "
-            "replicates the model on every process and all-reduces gradients itself (DDP "
-            "semantics). Use recipes/accelerate/ddp.yaml or cpu_2proc.yaml, or one GPU with "
-            "QLoRA; see docs/scaling.md")
+            f"accelerate distributed_type {kind} is not supported: prefopt's engine runs "
+            "data parallelism itself, with full replicas (train.sharding: none) or FSDP2 "
+            "shards (train.sharding: fsdp, or recipes/accelerate/fsdp.yaml). Use "
+            "recipes/accelerate/ddp.yaml, fsdp.yaml or cpu_2proc.yaml; see docs/scaling.md")
+    if kind == "FSDP" or _env_flag("ACCELERATE_USE_FSDP"):
+        _check_fsdp_options(accelerator)
+        return "fsdp"
+    if sharding not in ("none", "fsdp"):
+        raise ConfigError(f"train.sharding: expected none or fsdp, got {sharding!r}")
+    return sharding
+
+
+def _env_flag(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    return default if value is None else value.strip().lower() in ("1", "true", "yes")
+
+
+def _check_fsdp_options(accelerator) -> None:
+    """accelerate's FSDP settings (its plugin on GPUs; the FSDP_* variables ``accelerate
+    launch`` exports, which is all there is on a CPU) that prefopt would silently ignore."""
+    plugin = getattr(getattr(accelerator, "state", None), "fsdp_plugin", None)
+    version = getattr(plugin, "fsdp_version", None) or int(os.environ.get("FSDP_VERSION", "1"))
+    if int(version) != 2:
+        raise ConfigError(f"accelerate fsdp_version {version}: prefopt shards with FSDP2 "
+                          "(torch fully_shard); set fsdp_version: 2 (recipes/accelerate/"
+                          "fsdp.yaml)")
+    if _env_flag("FSDP_OFFLOAD_PARAMS"):
+        raise ConfigError("accelerate fsdp_offload_params: true is not supported by prefopt's "
+                          "FSDP (parameters stay on the accelerator); set it to false")
+    if _env_flag("FSDP_ACTIVATION_CHECKPOINTING"):
+        raise ConfigError("accelerate fsdp_activation_checkpointing is not read by prefopt; "
+                          "set it to false and use model.gradient_checkpointing: true")
+
+
+def fsdp_reshard_after_forward() -> bool:
+    """accelerate's ``fsdp_reshard_after_forward`` (default true): free each block's
+    gathered weights after its forward (and gather them again for the backward)."""
+    value = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").strip().lower()
+    return value not in ("false", "0", "no", "shard_grad_op", "2")
 
 
 def all_reduce_sum(values: list[float], device) -> list[float]:
@@ -68,6 +108,15 @@ def all_reduce_sum(values: list[float], device) -> list[float]:
         return [float(v) for v in values]
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_reduce_max(values: list[float], device) -> list[float]:
+    """max over processes of each value (float64). One collective."""
+    if world_size() == 1:
+        return [float(v) for v in values]
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist()
 
 

@@ -16,6 +16,11 @@ import torch
 
 class Module:
     name: str = "module"
+    shardable: bool = True
+    """Whether the module trains under ``train.sharding: fsdp``: every process must then
+    run the same forwards and backwards, in the same order (prefopt.engine.sharding)."""
+    shardable_reason: str = ""
+    """Why not, for the error message."""
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters the optimizer updates."""
@@ -67,8 +72,15 @@ class Module:
         raise NotImplementedError
 
     def models(self) -> list[torch.nn.Module]:
-        """The modules the engine should put in train mode and prepare with accelerate."""
+        """The modules the engine puts in train mode (and shards under FSDP)."""
         return []
+
+    def frozen_models(self) -> list[torch.nn.Module]:
+        """Frozen modules that run during training and are sharded with ``models()`` under
+        FSDP: by default the full-mode reference copy of ``self.policy``, if any (LoRA's
+        reference is the policy itself, adapters off)."""
+        policy = getattr(self, "policy", None)
+        return policy.frozen_models() if policy is not None else []
 
 
 def split_batch(batch: dict, size: int) -> Iterator[dict]:

@@ -46,6 +46,8 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg) -> torch.optim.AdamW:
 
 
 def _fusable(params: list[torch.nn.Parameter]) -> bool:
+    """FSDP shards (DTensors) qualify too: torch 2.13 runs the fused kernel on each shard
+    (checked against a single process in tests/integration/test_fsdp.py)."""
     devices = {p.device.type for p in params}
     return (len(devices) == 1 and devices <= {"cpu", "cuda"}
             and all(p.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)

@@ -14,6 +14,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from prefopt.engine import distributed as dist
+from prefopt.engine import sharding
 from prefopt.engine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -24,7 +25,7 @@ from prefopt.engine.config import TrainConfig
 from prefopt.engine.metrics import MetricsLog, mean_metrics, peak_memory_mb
 from prefopt.engine.module import Module
 from prefopt.engine.optim import make_optimizer, make_scheduler
-from prefopt.errors import TrainingError
+from prefopt.errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,15 @@ class Trainer:
         self._stop_signal: int | None = None
 
     # ---- setup -------------------------------------------------------------------------
+    @property
+    def sharded(self) -> bool:
+        """FSDP: parameters sharded over the processes (one process shards nothing)."""
+        return self.cfg.sharding == "fsdp" and dist.world_size() > 1
+
     def _setup(self, resume: bool):
         set_seed(self.cfg.seed)
+        if self.sharded:
+            self._shard()
         self.named = {n: p for m in self.module.models() for n, p in _named_trainable(m)}
         params = self.module.trainable_parameters()
         if not params:
@@ -54,7 +62,20 @@ class Trainer:
                                   enabled=self.accelerator.is_main_process)
         if resume:
             self._resume()
-        dist.broadcast_parameters(params)  # identical replicas, whatever the init did
+        # identical replicas, whatever the init did (shards were cut from rank 0's values)
+        dist.broadcast_parameters([p for p in params if not sharding.is_dtensor(p)])
+
+    def _shard(self) -> None:
+        """Shard the trainable models and the frozen ones that run every step (a full-mode
+        reference copy) before the optimizer sees any parameter (prefopt.engine.sharding)."""
+        if not getattr(self.module, "shardable", True):
+            raise ConfigError(f"train.sharding=fsdp is not supported by {self.module.name}: "
+                              f"{self.module.shardable_reason}")
+        models = [*self.module.models(), *self.module.frozen_models()]
+        units = sharding.shard_models(models, self.accelerator.device,
+                                      dist.fsdp_reshard_after_forward())
+        log.info("FSDP over %d processes: %s", dist.world_size(),
+                 {type(models[i]).__name__: len(names) for i, names in units.items()})
 
     def _count_steps(self) -> int:
         per_epoch = sum(1 for _ in self.module.train_batches(0)) * self._updates_per_batch()
@@ -147,14 +168,17 @@ class Trainer:
         gradients summed across processes: the gradient of the global batch's mean loss."""
         weights = [self.module.loss_weight(mb) for mb in micro_batches]
         total = dist.all_reduce_sum([sum(weights)], self.accelerator.device)[0]
+        if self.sharded:
+            self._same_micro_batch_count(len(micro_batches))
         rows, tokens, bad = [], 0.0, None
         for mb, w in zip(micro_batches, weights):
             with self.accelerator.autocast():
                 loss, metrics = self.module.loss(mb)
             if not torch.isfinite(loss):
-                bad = _non_finite("loss", self.step + 1, index, mb, loss)
-                break
-            if w > 0:
+                bad = bad or _non_finite("loss", self.step + 1, index, mb, loss)
+                if not self.sharded:  # FSDP: the others wait for this process's passes
+                    break
+            if w > 0 or self.sharded:  # FSDP: every process runs every backward (collective)
                 self.accelerator.backward(loss * (w / total))
             tokens += metrics.pop("tokens", 0.0)
             rows.append(({"loss": loss.item(), **metrics}, w))
@@ -162,7 +186,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainingError(bad or f"non-finite loss on another process at step "
                                 f"{self.step + 1}; stopping. The last good checkpoint is kept.")
-        dist.sum_gradients([p for g in self.optimizer.param_groups for p in g["params"]])
+        dist.sum_gradients([p for g in self.optimizer.param_groups for p in g["params"]
+                            if not sharding.is_dtensor(p)])  # FSDP summed the shards already
         norm = self._clip()
         self.optimizer.step()
         self.scheduler.step()
@@ -174,7 +199,7 @@ class Trainer:
     def _clip(self) -> float:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        norm = float(self.accelerator.clip_grad_norm_(params, max_norm))
+        norm = sharding.total_norm_float(self.accelerator.clip_grad_norm_(params, max_norm))
         if not math.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainingError(f"non-finite gradient norm ({norm}) at step {self.step + 1}; "
@@ -192,13 +217,29 @@ class Trainer:
             m.train()
         return out
 
+    def _same_micro_batch_count(self, n: int) -> None:
+        """Under FSDP every forward and backward is a collective: a process with fewer
+        micro-batches than another would leave it waiting forever. Fail instead."""
+        minus_low, high = dist.all_reduce_max([-n, n], self.accelerator.device)
+        low = -minus_low
+        if low != high:
+            raise TrainingError(f"train.sharding=fsdp: processes have {int(low)} to "
+                                f"{int(high)} micro-batches at step {self.step + 1}; every "
+                                "process must run the same number of forwards and backwards")
+
     def checkpoint(self) -> Path | None:
+        """Every process calls it (gathering shards is collective); the main one writes
+        full tensors, the format of an unsharded run."""
+        if not (self.sharded or self.accelerator.is_main_process):
+            return None
+        params = trainable_state(self.named.items())
+        optimizer = sharding.full_optimizer_state(self.optimizer)
         if not self.accelerator.is_main_process:
             return None
         position = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
-        return save_checkpoint(self.out / "checkpoints", self.step, trainable_state(
-            self.named.items()), self.optimizer, self.scheduler, position,
-            self.module.state_dict(), keep=self.cfg.keep_checkpoints)
+        return save_checkpoint(self.out / "checkpoints", self.step, params, optimizer,
+                               self.scheduler, position, self.module.state_dict(),
+                               keep=self.cfg.keep_checkpoints)
 
 
 def weighted_mean(rows: list[tuple[dict[str, float], float]]) -> dict[str, float]:
@@ -228,7 +269,7 @@ def _non_finite(what, step, index, mb, value) -> str:
 def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
                       log_with=cfg.report_to or None, project_dir=str(out))
-    dist.check_supported(acc)
+    cfg.sharding = dist.check_supported(acc, cfg.sharding)
     return acc
 
 

@@ -44,11 +44,17 @@ class ScalarModel(torch.nn.Module):
         torch.nn.init.zeros_(self.head.bias)
 
     def hidden_states(self, input_ids, attention_mask) -> torch.Tensor:
+        """The body's last hidden state (B, T, H). Under FSDP with tied embeddings the body
+        is no unit of its own (prefopt.engine.sharding), so the whole causal LM runs, with
+        the LM head on one position only; its last hidden state is the body's output."""
+        from prefopt.engine.sharding import direct_calls_ok  # here: the engine loads slowly
+
         causal = unwrap_causal_lm(self.backbone)
-        body = getattr(causal, causal.base_model_prefix)
-        out = body(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids_from_mask(attention_mask))
-        return out.last_hidden_state  # (B, T, H)
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask,
+                  "position_ids": position_ids_from_mask(attention_mask)}
+        if not direct_calls_ok(causal):
+            return causal(**kwargs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+        return getattr(causal, causal.base_model_prefix)(**kwargs).last_hidden_state
 
     def values(self, input_ids, attention_mask) -> torch.Tensor:
         """Per-token scalars (B, T): the value head of PPO's critic."""
@@ -66,10 +72,19 @@ class ScalarModel(torch.nn.Module):
         return (self(input_ids, attention_mask) - self.cfg.mean) / self.cfg.std
 
     def save(self, out_dir: str | Path, tokenizer=None) -> Path:
+        from prefopt.engine.sharding import gathered_state_dict
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(out, safe_serialization=True)
-        save_file({k: v.detach().float().contiguous() for k, v in self.head.state_dict().items()},
+        state = gathered_state_dict(self)  # a sharded model, saved inside sharding.gathered
+        if state is None:
+            backbone, head = None, self.head.state_dict()
+        else:
+            backbone = {k[len("backbone."):]: v for k, v in state.items()
+                        if k.startswith("backbone.")}
+            head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+        self.backbone.save_pretrained(out, safe_serialization=True, state_dict=backbone)
+        save_file({k: v.detach().float().contiguous() for k, v in head.items()},
                   str(out / HEAD_FILE))
         (out / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=2))
         if tokenizer is not None:

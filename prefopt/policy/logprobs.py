@@ -42,12 +42,16 @@ def unwrap_causal_lm(model):
 
 
 def backbone_and_head(model):
-    """(backbone, lm_head) of a causal LM, or None when the split is not standard."""
+    """(backbone, lm_head) of a causal LM, or None when the split is not standard or may
+    not be called part by part (FSDP with tied embeddings: prefopt.engine.sharding)."""
+    from prefopt.engine.sharding import direct_calls_ok
+
     causal = unwrap_causal_lm(model)
     prefix = getattr(causal, "base_model_prefix", None)
     backbone = getattr(causal, prefix, None) if prefix else None
     head = causal.get_output_embeddings() if hasattr(causal, "get_output_embeddings") else None
-    if backbone is None or head is None or _has_logit_postprocessing(causal):
+    if (backbone is None or head is None or _has_logit_postprocessing(causal)
+            or not direct_calls_ok(causal)):
         return None
     return backbone, head
 

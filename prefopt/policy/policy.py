@@ -1,7 +1,9 @@
 """The policy: a causal LM (full, LoRA or QLoRA) with its tokenizer and its reference.
 
 Under LoRA/QLoRA the reference policy is the same base with the adapters disabled, so one
-model in memory serves both. In full mode the reference is a frozen copy made on first use.
+model in memory serves both. In full mode the reference is a frozen copy made on first use
+(the algorithms make it at build time, so under FSDP it exists before sharding and is
+sharded with the policy: ``frozen_models``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from prefopt.data.records import Messages
 from prefopt.data.tokenize import encode_prompt
+from prefopt.errors import TrainingError
 from prefopt.policy.generate import Rollout, SamplingConfig, sample
 from prefopt.policy.load import ModelConfig, add_adapter, load_causal_lm, load_tokenizer
 from prefopt.policy.logprobs import sequence_logprobs, token_logprobs
@@ -35,6 +38,10 @@ class Policy:
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def frozen_models(self) -> list[torch.nn.Module]:
+        """The full-mode reference copy, once made (sharded with the policy under FSDP)."""
+        return [self._frozen_ref] if self._frozen_ref is not None else []
 
     # ---- log-probs -------------------------------------------------------------------
     def token_logprobs(self, input_ids, attention_mask, temperature: float = 1.0, model=None,
@@ -60,6 +67,12 @@ class Policy:
                 yield self.model
             return
         if self._frozen_ref is None:
+            if _sharded(self.model):
+                raise TrainingError(
+                    "train.sharding=fsdp: the full-mode reference copy must be made before "
+                    "sharding (a sharded model cannot be copied); take the reference at build "
+                    "time (`with policy.reference(): pass`), or use LoRA or a precomputed "
+                    "reference (dpo.reference: precomputed)")
             self._frozen_ref = copy.deepcopy(self.model).eval().requires_grad_(False)
         with torch.no_grad():
             yield self._frozen_ref
@@ -84,13 +97,20 @@ class Policy:
 
     def generate(self, prompts: list[Messages], cfg: SamplingConfig | None = None,
                  batch_size: int = 32) -> Rollout:
-        """Sample one response per prompt; batched, left-padded, stopping at EOS."""
+        """Sample one response per prompt; batched, left-padded, stopping at EOS.
+
+        Under FSDP the weights are gathered once for the whole call (every process calls
+        ``generate`` together), so processes may then decode different prompts for
+        different numbers of steps with no collective in between."""
+        from prefopt.engine.sharding import gathered
+
         cfg = cfg or SamplingConfig()
         ids = self.encode_prompts(prompts)
         was_training = self.model.training
         self.model.eval()
-        parts = [sample(self.model, self.tokenizer, ids[i:i + batch_size], cfg)
-                 for i in range(0, len(ids), batch_size)]
+        with gathered(self.model):
+            parts = [sample(self.model, self.tokenizer, ids[i:i + batch_size], cfg)
+                     for i in range(0, len(ids), batch_size)]
         self.model.train(was_training)
         return concat_rollouts(parts, self.tokenizer.pad_token_id)
 
@@ -99,19 +119,31 @@ class Policy:
         """Save as a PEFT adapter directory (lora/qlora) or a transformers model (full).
 
         ``merged=True`` folds LoRA adapters into full-precision weights, loadable by
-        plain transformers (not available for 4-bit bases).
+        plain transformers (not available for 4-bit bases). A sharded model is saved whole
+        from inside ``sharding.gathered`` (``prefopt.run.save_final``).
         """
+        from prefopt.engine.sharding import gathered_state_dict
+
         out = Path(out_dir)
         model = self.model
+        state = gathered_state_dict(model)  # None unless sharded
         if merged and self.uses_adapters:
             if self.cfg.mode == "qlora":
                 raise ValueError("cannot merge adapters into a 4-bit base; export the adapter")
+            if state is not None:
+                raise ValueError("cannot merge adapters of a sharded model; save the adapter")
             model = copy.deepcopy(model).merge_and_unload()
-        model.save_pretrained(out, safe_serialization=True)
+        model.save_pretrained(out, safe_serialization=True, state_dict=state)
         self.tokenizer.save_pretrained(out)
         meta = {"mode": "full" if merged else self.cfg.mode, "base": self.cfg.path}
         (out / "prefopt_model.json").write_text(json.dumps(meta, indent=2))
         return out
+
+
+def _sharded(model) -> bool:
+    from prefopt.engine.sharding import is_sharded
+
+    return is_sharded(model)
 
 
 def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:

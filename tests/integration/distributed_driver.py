@@ -1,16 +1,20 @@
 """Runs prefopt recipes in one process or under torchrun, for test_distributed.py.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 distributed_driver.py \
-        RECIPE OUT [RECIPE OUT ...]
+        [--resume] RECIPE OUT [RECIPE OUT ...]
 
 After each run every rank writes its trainable weights to OUT/weights-rank{R}.safetensors
-(so the test can check that the replicas are identical). PPO's reward source is replaced by
+(so the test can check that the replicas are identical; under FSDP the gathered shards)
+and, per model, its FSDP units and how many elements it holds to OUT/sharding-rank{R}.json. PPO's reward source is replaced by
 ``YesSource`` (share of "yes" tokens), which needs no trained reward model.
 """
 
+import json
 import sys
+from pathlib import Path
 
 import torch
+import yaml
 
 from prefopt.algorithms import ppo
 from prefopt.engine.trainer import Trainer
@@ -18,16 +22,78 @@ from prefopt.recipe import load_recipe
 from prefopt.run import run_recipe
 
 _fit = Trainer.fit
+WORDS = "hello world cat dog sky blue yes no good bad".split()
+PROMPTS = ["what is two plus three?", "hello", "sort these words", "what colour is the sky?",
+           "reverse cat dog", "tip", "good dog", "bad cat"]
+TRAIN = {"lr": 1e-2, "max_steps": 4, "epochs": 10, "batch_size": 8, "micro_batch_size": 4,
+         "progress": False, "lr_scheduler": "constant", "seed": 1}
+
+
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def recipe_bodies(root: Path, model: Path) -> dict[str, dict]:
+    """The recipes both multi-process tests run: {name: recipe dict}. The data files are
+    written under ``root``. Every run takes 4 optimizer steps on global batches of 8."""
+    # Completions of different lengths: a token-mean loss must be weighted by tokens.
+    demos = _jsonl(root / "demos.jsonl", [
+        {"prompt": f"what is {a} plus {b}?", "completion": f"the answer is {a} {b}" * (1 + i % 3)}
+        for i, (a, b) in enumerate((a, b) for a in ("two", "three", "five")
+                                   for b in ("two", "three", "five", "cat"))])
+    pairs = _jsonl(root / "pairs.jsonl", [
+        {"prompt": f"say {w}", "chosen": f"{w} yes", "rejected": f"no {w} {w} no"}
+        for w in WORDS] + [{"prompt": "tip", "chosen": "sleep well", "rejected": "bad"}] * 2)
+    prompts = _jsonl(root / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
+    full, lora = {"path": str(model), "mode": "full"}, {"path": str(model), "mode": "lora",
+                                                        "lora_r": 4}
+    return {
+        "sft": {"algorithm": "sft", "model": full,
+                "data": {"train": demos, "max_length": 64}, "train": TRAIN},
+        "dpo": {"algorithm": "dpo", "model": lora,
+                "data": {"train": pairs, "max_length": 64}, "train": TRAIN},
+        "reward": {"algorithm": "reward", "model": full,
+                   "data": {"train": pairs, "max_length": 64}, "train": TRAIN,
+                   "reward": {"normalize": False}},
+        # 2 rollouts of 4 prompts x 2 PPO epochs; greedy, so both runs sample the same text
+        "ppo": {"algorithm": "ppo", "model": lora, "data": {"train": prompts},
+                "train": {**TRAIN, "lr": 1e-3, "batch_size": 4, "micro_batch_size": 2},
+                "ppo": {"reward": str(model), "value_init": "policy", "ppo_epochs": 2,
+                        "sampling": {"max_new_tokens": 6, "do_sample": False,
+                                     "temperature": 1.0}}},
+    }
+
+
+def write_recipe(path: Path, body: dict) -> Path:
+    path.write_text(yaml.safe_dump({"world": None, **body}))
+    return path
 
 
 def fit_and_dump(self, resume=False):
     from safetensors.torch import save_file
 
+    from prefopt.engine.sharding import full_tensor  # gathers FSDP shards (every rank calls)
+
     out = _fit(self, resume)
-    weights = {n: p.detach().contiguous() for n, p in self.named.items()}
+    weights = {n: full_tensor(p.detach()).contiguous() for n, p in self.named.items()}
     rank = self.accelerator.process_index
     save_file(weights, str(self.out / f"weights-rank{rank}.safetensors"))
+    models = [*self.module.models(), *self.module.frozen_models()]
+    (self.out / f"sharding-rank{rank}.json").write_text(json.dumps([sharding_report(m)
+                                                                    for m in models]))
     return out
+
+
+def sharding_report(model) -> dict:
+    """The FSDP units of a model and the share of its elements this process holds."""
+    from prefopt.engine.sharding import is_dtensor, is_unit
+
+    params = list(model.parameters())
+    return {"model": type(model).__name__,
+            "units": [n for n, m in model.named_modules() if is_unit(m)],
+            "local": sum((p.to_local() if is_dtensor(p) else p).numel() for p in params),
+            "total": sum(p.numel() for p in params)}
 
 
 class YesSource:
@@ -45,11 +111,14 @@ class YesSource:
 
 
 def main(argv: list[str]) -> None:
+    """RECIPE OUT pairs; a leading --resume resumes each run from OUT/checkpoints."""
     torch.set_num_threads(1)
     Trainer.fit = fit_and_dump
     ppo.load_reward_source = YesSource
+    resume = argv[:1] == ["--resume"]
+    argv = argv[1:] if resume else argv
     for recipe, out in zip(argv[0::2], argv[1::2]):
-        run_recipe(load_recipe(recipe), out)
+        run_recipe(load_recipe(recipe), out, resume=resume)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from pathlib import Path
 import distributed_driver as driver
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from prefopt.algorithms import ppo
@@ -29,47 +28,11 @@ from prefopt.run import run_recipe
 
 ALGORITHMS = ("sft", "dpo", "reward", "ppo")
 RTOL = 1e-4
-WORDS = "hello world cat dog sky blue yes no good bad".split()
-PROMPTS = ["what is two plus three?", "hello", "sort these words", "what colour is the sky?",
-           "reverse cat dog", "tip", "good dog", "bad cat"]
-
-
-def _jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 def _recipes(root: Path, model: Path) -> dict[str, Path]:
-    # Completions of different lengths: a token-mean loss must be weighted by tokens.
-    demos = _jsonl(root / "demos.jsonl", [
-        {"prompt": f"what is {a} plus {b}?", "completion": f"the answer is {a} {b}" * (1 + i % 3)}
-        for i, (a, b) in enumerate((a, b) for a in ("two", "three", "five")
-                                   for b in ("two", "three", "five", "cat"))])
-    pairs = _jsonl(root / "pairs.jsonl", [
-        {"prompt": f"say {w}", "chosen": f"{w} yes", "rejected": f"no {w} {w} no"}
-        for w in WORDS] + [{"prompt": "tip", "chosen": "sleep well", "rejected": "bad"}] * 2)
-    prompts = _jsonl(root / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
-    train = {"lr": 1e-2, "max_steps": 4, "epochs": 10, "batch_size": 8, "micro_batch_size": 4,
-             "progress": False, "lr_scheduler": "constant", "seed": 1}
-    full, lora = {"path": str(model), "mode": "full"}, {"path": str(model), "mode": "lora",
-                                                        "lora_r": 4}
-    recipes = {
-        "sft": {"model": full, "data": {"train": demos, "max_length": 64}, "train": train},
-        "dpo": {"model": lora, "data": {"train": pairs, "max_length": 64}, "train": train},
-        "reward": {"model": full, "data": {"train": pairs, "max_length": 64}, "train": train,
-                   "reward": {"normalize": False}},
-        # 2 rollouts of 4 prompts x 2 PPO epochs; greedy, so both runs sample the same text
-        "ppo": {"model": lora, "data": {"train": prompts},
-                "train": {**train, "lr": 1e-3, "batch_size": 4, "micro_batch_size": 2},
-                "ppo": {"reward": str(model), "value_init": "policy", "ppo_epochs": 2,
-                        "sampling": {"max_new_tokens": 6, "do_sample": False,
-                                     "temperature": 1.0}}},
-    }
-    paths = {}
-    for name, body in recipes.items():
-        paths[name] = root / f"{name}.yaml"
-        paths[name].write_text(yaml.safe_dump({"algorithm": name, "world": None, **body}))
-    return paths
+    return {name: driver.write_recipe(root / f"{name}.yaml", body)
+            for name, body in driver.recipe_bodies(root, model).items()}
 
 
 @pytest.fixture(scope="module")

@@ -63,16 +63,45 @@ def test_token_weighted_accumulation_is_the_global_token_mean(tmp_path, micro):
     assert row["grad_norm"] == pytest.approx(11.0, rel=1e-6)
 
 
-@pytest.mark.parametrize("kind, refused", [("FSDP", True), ("DEEPSPEED", True),
-                                           ("MULTI_GPU", False), ("MULTI_CPU", False),
-                                           ("NO", False)])
-def test_sharded_modes_are_refused(kind, refused):
+@pytest.mark.parametrize("kind", ["DEEPSPEED", "MEGATRON_LM", "XLA"])
+def test_deepspeed_and_other_engines_are_refused(kind):
     acc = SimpleNamespace(distributed_type=DistributedType[kind])
-    if refused:
-        with pytest.raises(ConfigError, match=f"distributed_type {kind} is not supported yet"):
-            pd.check_supported(acc)
-    else:
+    with pytest.raises(ConfigError, match=f"distributed_type {kind} is not supported"):
         pd.check_supported(acc)
+
+
+@pytest.mark.parametrize("kind", ["MULTI_GPU", "MULTI_CPU", "NO"])
+@pytest.mark.parametrize("requested", ["none", "fsdp"])
+def test_replicated_launches_keep_train_sharding(kind, requested, monkeypatch):
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    acc = SimpleNamespace(distributed_type=DistributedType[kind])
+    assert pd.check_supported(acc, requested) == requested
+
+
+def _fsdp_accelerator(version):
+    plugin = SimpleNamespace(fsdp_version=version)
+    return SimpleNamespace(distributed_type=DistributedType.FSDP,
+                           state=SimpleNamespace(fsdp_plugin=plugin))
+
+
+def test_accelerate_fsdp_maps_to_train_sharding(monkeypatch):
+    """distributed_type FSDP (GPUs: accelerate's plugin) or the variables `accelerate
+    launch` exports (CPU, where accelerate keeps MULTI_CPU) turn sharding on."""
+    for name in ("FSDP_OFFLOAD_PARAMS", "FSDP_ACTIVATION_CHECKPOINTING"):
+        monkeypatch.delenv(name, raising=False)
+    assert pd.check_supported(_fsdp_accelerator(2), "none") == "fsdp"
+    with pytest.raises(ConfigError, match="fsdp_version 1: prefopt shards with FSDP2"):
+        pd.check_supported(_fsdp_accelerator(1))
+    cpu = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    assert pd.check_supported(cpu) == "fsdp"
+    monkeypatch.setenv("FSDP_OFFLOAD_PARAMS", "true")
+    with pytest.raises(ConfigError, match="fsdp_offload_params"):
+        pd.check_supported(cpu)
+    monkeypatch.setenv("FSDP_OFFLOAD_PARAMS", "false")
+    monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "false")
+    assert not pd.fsdp_reshard_after_forward()
 
 
 def _worker(rank: int, tmp: str) -> None:
