@@ -42,6 +42,18 @@ def flops_per_token(task: str, a: dict) -> float:
             "rloo": 6 * n, "grpo": 6 * n}[task]
 
 
+def _cpu_split(runs: list[dict]) -> dict:
+    """RL tasks: CPU seconds per iteration in the updates (the steps' ``cpu``) and outside
+    them (iteration CPU minus that: the rollout and the loop's own work); per run the median
+    over its iterations, then the spread over runs."""
+    def med(r, f):
+        return statistics.median(f(st) for st in r["steps"])
+
+    return {"train_cpu_s": spread([med(r, lambda st: st["cpu"]) for r in runs]),
+            "rollout_cpu_s": spread([med(r, lambda st: st["iter_cpu_s"] - st["cpu"])
+                                     for r in runs])}
+
+
 def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values),
             "n": len(values)}
@@ -59,6 +71,9 @@ def summarize(results: dict) -> dict:
                 t[side] = {m: spread([r[m] for r in runs]) for m in METRICS
                            if all(m in r for r in runs)}
                 t[side]["tokens_total"] = [r["tokens_total"] for r in runs]
+                if task in RL_TASKS and all("iter_cpu_s" in st for r in runs
+                                            for st in r["steps"]):
+                    t[side].update(_cpu_split(runs))
                 fpt = flops_per_token(task, results["assets"])
                 t[side]["mfu"] = spread([r["tokens_per_s"] * fpt / peak for r in runs])
                 t[side]["mfu_cpu"] = spread([r["tokens_per_cpu_s"] * fpt / peak for r in runs])
@@ -201,18 +216,23 @@ def _iteration_split(results: dict) -> list[str]:
     if not tasks:
         return []
     lines = ["", "Iteration split, seconds (one rollout + its optimizer updates; per run the "
-             "median over its iterations, then median (min–max) over runs); generated tokens "
-             "per rollout where recorded:", "",
-             "| task | side | iteration | iteration CPU s | rollout | train (updates) "
-             "| generated tokens |", "|---|---|---|---|---|---|---|"]
+             "median over its iterations, then median (min–max) over runs). Wall: rollout + "
+             "train ≈ iteration. CPU: rollout CPU s = iteration CPU − the updates' CPU (so it "
+             "includes the loop's own per-iteration work). Generated tokens per rollout where "
+             "recorded:", "",
+             "| task | side | iteration | rollout | train (updates) | iteration CPU s "
+             "| rollout CPU s | train CPU s | generated tokens |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for task in tasks:
         for side in ("prefopt", "trl"):
             t = s[task].get(side)
             if t:
                 gen = _fmt(t["gen_tokens"]) if "gen_tokens" in t else "–"
+                cpu = (f"{_fmt(t['rollout_cpu_s'], 2)} | {_fmt(t['train_cpu_s'], 2)}"
+                       if "train_cpu_s" in t else "– | –")
                 lines.append(f"| {task} | {side} | {_fmt(t['iter_s'], 2)} | "
-                             f"{_fmt(t['iter_cpu_s'], 2)} | {_fmt(t['rollout_s'], 2)} | "
-                             f"{_fmt(t['train_s'], 2)} | {gen} |")
+                             f"{_fmt(t['rollout_s'], 2)} | {_fmt(t['train_s'], 2)} | "
+                             f"{_fmt(t['iter_cpu_s'], 2)} | {cpu} | {gen} |")
     return lines
 
 
