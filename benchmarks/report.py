@@ -14,6 +14,7 @@ machine; the best-of-N peak is close to a full core):
   dpo    6·N + 2·N    the policy's forward+backward and the frozen reference's forward
   ppo    6·N + 6·N_bb the policy and the critic, both trained, over the same rows
            (train phase only; the rollout's generation and no-grad forwards are not in it)
+  rloo, grpo  6·N    the policy only (no critic); train phase only, as for PPO
 
 Attention-score FLOPs (≈ 4·layers·T·hidden per token forward, ~5% here) are left out, as in
 the 6N rule. Under LoRA the count would be forward 2·N_total + backward 2·N_total
@@ -26,16 +27,31 @@ from __future__ import annotations
 import json
 import statistics
 
-TARGETS = {"sft": 1.5, "reward": 1.5, "dpo": 1.5, "ppo": 2.0}
+TARGETS = {"sft": 1.5, "reward": 1.5, "dpo": 1.5, "ppo": 2.0,
+           "rloo": 1.5, "grpo": 1.5}  # RLOO/GRPO: no target was set; 1.5x is a yardstick
+RL_TASKS = ("ppo", "rloo", "grpo")  # compared per iteration (one rollout + its updates)
 METRICS = ("wall_s", "cpu_s", "tokens_per_s", "tokens_per_cpu_s", "padding_efficiency",
            "positions_per_s", "peak_rss_mb", "iter_s",
-           "iter_cpu_s", "rollout_s", "train_s",
+           "iter_cpu_s", "rollout_s", "train_s", "gen_tokens",
            "loadavg_1m")
 
 
 def flops_per_token(task: str, a: dict) -> float:
     n, n_bb = a["params_matmul"], a["params_backbone_matmul"]
-    return {"sft": 6 * n, "reward": 6 * n_bb, "dpo": 8 * n, "ppo": 6 * n + 6 * n_bb}[task]
+    return {"sft": 6 * n, "reward": 6 * n_bb, "dpo": 8 * n, "ppo": 6 * n + 6 * n_bb,
+            "rloo": 6 * n, "grpo": 6 * n}[task]
+
+
+def _cpu_split(runs: list[dict]) -> dict:
+    """RL tasks: CPU seconds per iteration in the updates (the steps' ``cpu``) and outside
+    them (iteration CPU minus that: the rollout and the loop's own work); per run the median
+    over its iterations, then the spread over runs."""
+    def med(r, f):
+        return statistics.median(f(st) for st in r["steps"])
+
+    return {"train_cpu_s": spread([med(r, lambda st: st["cpu"]) for r in runs]),
+            "rollout_cpu_s": spread([med(r, lambda st: st["iter_cpu_s"] - st["cpu"])
+                                     for r in runs])}
 
 
 def spread(values: list[float]) -> dict:
@@ -55,6 +71,9 @@ def summarize(results: dict) -> dict:
                 t[side] = {m: spread([r[m] for r in runs]) for m in METRICS
                            if all(m in r for r in runs)}
                 t[side]["tokens_total"] = [r["tokens_total"] for r in runs]
+                if task in RL_TASKS and all("iter_cpu_s" in st for r in runs
+                                            for st in r["steps"]):
+                    t[side].update(_cpu_split(runs))
                 fpt = flops_per_token(task, results["assets"])
                 t[side]["mfu"] = spread([r["tokens_per_s"] * fpt / peak for r in runs])
                 t[side]["mfu_cpu"] = spread([r["tokens_per_cpu_s"] * fpt / peak for r in runs])
@@ -70,13 +89,13 @@ def summarize(results: dict) -> dict:
                 "wall": p["wall_s"]["median"] / q["wall_s"]["median"],
                 "cpu": p["cpu_s"]["median"] / q["cpu_s"]["median"],
             }
-            if task == "ppo":
+            if task in RL_TASKS:
                 t["ratio"]["iteration_speedup"] = q["iter_s"]["median"] / p["iter_s"]["median"]
                 t["ratio"]["iteration_speedup_cpu"] = (q["iter_cpu_s"]["median"]
                                                        / p["iter_cpu_s"]["median"])
             t["target"] = TARGETS[task]
-            key = "iteration_speedup" if task == "ppo" else "throughput"
-            mem_ok = task == "ppo" or t["ratio"]["memory"] <= 1.0
+            key = "iteration_speedup" if task in RL_TASKS else "throughput"
+            mem_ok = task in RL_TASKS or t["ratio"]["memory"] <= 1.0
             t["target_met"] = {"wall": bool(t["ratio"][key] >= TARGETS[task] and mem_ok),
                                "cpu": bool(t["ratio"][key + "_cpu"] >= TARGETS[task]
                                            and mem_ok)}
@@ -107,7 +126,8 @@ def markdown(results: dict) -> str:
         f"{min(loads):.1f}–{max(loads):.1f} at the starts of the runs. torch {m['torch']}; "
         "one thread per side (OMP_NUM_THREADS=1, torch.set_num_threads(1)).",
         f"prefopt: {m.get('prefopt_root', '?')} at {m.get('git_head', '?')} "
-        f"(+{m.get('git_modified_files', '?')} uncommitted files).",
+        f"(+{m.get('git_modified_files', '?')} uncommitted files)"
+        + (f"; started {m['started_utc']}" if "started_utc" in m else "") + ".",
         "TRL: " + "; ".join(f"{t}: trl {v['trl']}, transformers {v['transformers']}"
                             for t, v in results.get("trl_versions", {}).items()) + ".",
         f"Model: Llama, hidden {a['model_shape']['hidden_size']}, "
@@ -143,7 +163,7 @@ def markdown(results: dict) -> str:
                          f"{', '.join(str(int(x)) for x in sorted(set(t['tokens_total'])))} |")
     lines += ["", "Ratios prefopt/TRL of the medians (throughput: higher is better for prefopt; "
               "memory, wall, CPU: lower is better):", "",
-              "| task | throughput (wall) | throughput (CPU) | PPO iteration speedup "
+              "| task | throughput (wall) | throughput (CPU) | iteration speedup "
               "| peak RSS | wall | CPU s | target | met |",
               "|---|---|---|---|---|---|---|---|---|"]
     for task in results["runs"]:
@@ -151,24 +171,15 @@ def markdown(results: dict) -> str:
         if not r:
             continue
         it = (f"{r['iteration_speedup']:.2f}× (CPU: {r['iteration_speedup_cpu']:.2f}×)"
-              if task == "ppo" else "–")
-        tgt = ("≥ 2× per iteration" if task == "ppo"
-               else f"≥ {s[task]['target']}× throughput at ≤ 1× memory")
+              if task in RL_TASKS else "–")
+        tgt = (f"≥ {s[task]['target']:g}× per iteration" if task == "ppo"
+               else f"≥ {s[task]['target']:g}× per iteration (yardstick)" if task in RL_TASKS
+               else f"≥ {s[task]['target']:g}× throughput at ≤ 1× memory")
         lines.append(f"| {task} | {r['throughput']:.2f}× | {r['throughput_cpu']:.2f}× | {it} | "
                      f"{r['memory']:.2f}× | {r['wall']:.2f}× | {r['cpu']:.2f}× | {tgt} | "
                      f"wall: {'yes' if s[task]['target_met']['wall'] else 'no'}, "
                      f"CPU: {'yes' if s[task]['target_met']['cpu'] else 'no'} |")
-    if "ppo" in s and "prefopt" in s["ppo"] and "iter_s" in s["ppo"]["prefopt"]:
-        lines += ["", "PPO iteration split, seconds (per run: the median over its iterations; "
-                  "then median (min–max) over runs):", "",
-                  "| side | iteration | iteration CPU s | rollout | train (PPO epochs) |",
-                  "|---|---|---|---|---|"]
-        for side in ("prefopt", "trl"):
-            t = s["ppo"].get(side)
-            if t:
-                lines.append(f"| {side} | {_fmt(t['iter_s'], 2)} | {_fmt(t['iter_cpu_s'], 2)} | "
-                             f"{_fmt(t['rollout_s'], 2)} | "
-                             f"{_fmt(t['train_s'], 2)} |")
+    lines += _iteration_split(results)
     g = s.get("generation")
     if g:
         gen = results["generation"]
@@ -196,6 +207,33 @@ def markdown(results: dict) -> str:
         results.get("pooled_from", [])) > 1 else "")
     lines += ["", f"{total}: {results['total_s'] / 60:.1f} min."]
     return "\n".join(lines) + "\n"
+
+
+def _iteration_split(results: dict) -> list[str]:
+    """PPO / RLOO / GRPO: iteration, rollout and train seconds per side."""
+    s = results["summary"]
+    tasks = [t for t in results["runs"] if t in RL_TASKS and "iter_s" in s[t].get("prefopt", {})]
+    if not tasks:
+        return []
+    lines = ["", "Iteration split, seconds (one rollout + its optimizer updates; per run the "
+             "median over its iterations, then median (min–max) over runs). Wall: rollout + "
+             "train ≈ iteration. CPU: rollout CPU s = iteration CPU − the updates' CPU (so it "
+             "includes the loop's own per-iteration work). Generated tokens per rollout where "
+             "recorded:", "",
+             "| task | side | iteration | rollout | train (updates) | iteration CPU s "
+             "| rollout CPU s | train CPU s | generated tokens |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for task in tasks:
+        for side in ("prefopt", "trl"):
+            t = s[task].get(side)
+            if t:
+                gen = _fmt(t["gen_tokens"]) if "gen_tokens" in t else "–"
+                cpu = (f"{_fmt(t['rollout_cpu_s'], 2)} | {_fmt(t['train_cpu_s'], 2)}"
+                       if "train_cpu_s" in t else "– | –")
+                lines.append(f"| {task} | {side} | {_fmt(t['iter_s'], 2)} | "
+                             f"{_fmt(t['rollout_s'], 2)} | {_fmt(t['train_s'], 2)} | "
+                             f"{_fmt(t['iter_cpu_s'], 2)} | {cpu} | {gen} |")
+    return lines
 
 
 def pool(results: list[dict]) -> dict:

@@ -1,6 +1,6 @@
 """prefopt against the reference library (TRL), side by side, on CPU.
 
-  python benchmarks/run.py [--quick] [--reps N] [--tasks sft,reward,dpo,ppo] --out benchmarks/results
+  python benchmarks/run.py [--quick] [--reps N] [--tasks sft,reward,dpo,ppo,rloo,grpo] --out DIR
 
 Needs two TRL virtual environments next to the main one (never TRL in the main one); see
 benchmarks/README.md. Paths: TRL116_PYTHON (default /tmp/trl116-venv/bin/python) and
@@ -37,8 +37,10 @@ Per run it records:
                batch-composition difference taken out
   tokens_per_cpu_s  the same tokens over the CPU seconds (process_time) of the same steps:
                the implementations' cost with other processes' load mostly factored out
-  PPO also     iter_s (one rollout + its ppo_epochs of updates), rollout_s, train_s,
-               iter_cpu_s (CPU seconds of an iteration): medians over the iterations.
+  PPO, RLOO, GRPO also  iter_s (one rollout + its ppo_epochs x n_minibatches updates),
+               rollout_s, train_s, iter_cpu_s (CPU seconds of an iteration): medians over the
+               iterations. RLOO and GRPO also gen_tokens: tokens generated per rollout (up to
+               and including EOS), to check (or normalise by) the generation work.
 """
 
 from __future__ import annotations
@@ -79,14 +81,26 @@ FULL = {
     "dpo": {"steps": 12, "batch_size": 8, "lr": 1e-6, "max_length": 160, "beta": 0.1},
     "ppo": {"iterations": 6, "batch_size": 8, "lr": 1e-6, "max_new_tokens": 48,
             "temperature": 0.7, "kl_coef": 0.05, "ppo_epochs": 4, "n_minibatches": 1},
+    # 8 prompts x k = 4 samples = 32 rows per rollout; 2 epochs x 2 minibatches of 16 rows = 4
+    # optimizer updates per rollout (TRL: num_iterations = 2, steps_per_generation = 2,
+    # per_device_train_batch_size = 16). 6 rollouts = the 48 prompts once. With more than one
+    # update per rollout TRL GRPO computes log pi_old in the rollout, as prefopt always does.
+    "rloo": {"iterations": 6, "batch_size": 8, "k": 4, "lr": 1e-6, "max_new_tokens": 48,
+             "temperature": 0.7, "beta": 0.05, "ppo_epochs": 2, "n_minibatches": 2},
+    "grpo": {"iterations": 6, "batch_size": 8, "k": 4, "lr": 1e-6, "max_new_tokens": 48,
+             "temperature": 0.7, "beta": 0.04, "ppo_epochs": 2, "n_minibatches": 2},
 }
+RL_TASKS = ("ppo", "rloo", "grpo")  # one logged row per rollout (an iteration of updates)
 QUICK = {
     "sft": {**FULL["sft"], "steps": 6},
     "reward": {**FULL["reward"], "steps": 5},
     "dpo": {**FULL["dpo"], "steps": 5},
     "ppo": {**FULL["ppo"], "iterations": 3},
+    "rloo": {**FULL["rloo"], "iterations": 3},
+    "grpo": {**FULL["grpo"], "iterations": 3},
 }
-TRL_PYTHON = {"sft": TRL116, "reward": TRL116, "dpo": TRL116, "ppo": TRL024}
+TRL_PYTHON = {"sft": TRL116, "reward": TRL116, "dpo": TRL116, "ppo": TRL024,
+              "rloo": TRL116, "grpo": TRL116}
 
 
 # ---- the prefopt side ----------------------------------------------------------------
@@ -109,13 +123,14 @@ def prefopt_recipe(task: str, assets: Path, s: dict) -> dict:
         r["data"] = {"train": str(data_dir / "pairs.prefopt.jsonl"),
                      "max_length": s["max_length"]}
         r["train"]["max_steps"] = s["steps"]
-        r["reward"] = {"normalize": False}  # TRL has no post-training normalisation pass
+        r["reward"] = {"normalize": False,  # TRL has no post-training normalisation pass
+                       "group_by_length": bool(s.get("group_by_length", False))}
     elif task == "dpo":
         r["data"] = {"train": str(data_dir / "pairs.prefopt.jsonl"),
                      "max_length": s["max_length"]}
         r["train"]["max_steps"] = s["steps"]
         r["dpo"] = {"loss": "dpo", "beta": s["beta"], "reference": "live",
-                    "eval_kl_prompts": 0}
+                    "eval_kl_prompts": 0, "group_by_length": bool(s.get("group_by_length", False))}
     elif task == "ppo":
         r["data"] = {"train": str(data_dir / "prompts.prefopt.jsonl")}
         steps_per_iter = s["ppo_epochs"] * s["n_minibatches"]
@@ -127,10 +142,37 @@ def prefopt_recipe(task: str, assets: Path, s: dict) -> dict:
                     "n_minibatches": s["n_minibatches"], "missing_eos_penalty": -1.0,
                     "forward_batch_size": s["batch_size"],
                     "generation_batch_size": s["batch_size"]}
+    elif task in ("rloo", "grpo"):
+        r["data"] = {"train": str(data_dir / "prompts.prefopt.jsonl")}
+        r[task] = pg_params(task, assets, s)
+        r["train"]["max_steps"] = s["iterations"] * s["ppo_epochs"] * s["n_minibatches"]
+        r["train"]["micro_batch_size"] = pg_minibatch_rows(s)  # one micro-batch per update
     return r
 
 
-def read_prefopt(out: Path, task: str) -> dict:
+def pg_minibatch_rows(s: dict) -> int:
+    """RLOO/GRPO: rows per optimizer update (= TRL's per_device_train_batch_size)."""
+    return s["batch_size"] * s["k"] // s["n_minibatches"]
+
+
+def pg_params(task: str, assets: Path, s: dict) -> dict:
+    """The rloo: / grpo: section. Matched to TRL 1.16: no EOS penalty (TRL has none), the
+    reference and KL coefficient equal, rollout forwards in chunks of one update's rows (TRL
+    chunks them by per_device_train_batch_size), all rows in one generate call (as TRL)."""
+    p = {"reward": str(assets / "reward_prefopt"),
+         "sampling": {"max_new_tokens": s["max_new_tokens"], "temperature": s["temperature"]},
+         "cliprange": 0.2, "missing_eos_penalty": None, "ppo_epochs": s["ppo_epochs"],
+         "n_minibatches": s["n_minibatches"], "forward_batch_size": pg_minibatch_rows(s),
+         "generation_batch_size": s["batch_size"] * s["k"]}
+    if task == "rloo":  # KL (k1, summed over the sequence) folded into the reward, as in TRL
+        p.update(rloo_k=s["k"], kl_coef=s["beta"], kl_estimator="k1",
+                 normalize_advantages=False)
+    else:  # k3 KL term in the loss, group-std scaling, as in TRL
+        p.update(group_size=s["k"], beta=s["beta"], scale_rewards=True)
+    return p
+
+
+def read_prefopt(out: Path, task: str, s: dict) -> dict:
     """Per logged row (one batch: one optimizer step, or one PPO iteration of several):
     tokens and time/train from metrics.jsonl, CPU seconds from cpu_steps.json."""
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
@@ -149,10 +191,12 @@ def read_prefopt(out: Path, task: str) -> dict:
                       "cpu": sum(cpu[k] for k in mine),
                       "positions": sum(positions[k] for k in mine)})
         prev = r["step"]
-    if task == "ppo":
+    if task in RL_TASKS:
         for st, r in zip(steps, rows):
             st.update(iter_s=r["time/step"], rollout_s=r["time/rollout"],
                       iter_cpu_s=batch_cpu[r["step"]])
+            if "k" in s:  # response/length: mean response tokens (EOS included) per row
+                st["gen_tokens"] = r["response/length"] * s["batch_size"] * s["k"]
     return {"steps": steps}
 
 
@@ -181,7 +225,7 @@ def run_prefopt(task: str, assets: Path, s: dict, out: Path) -> dict:
     run_dir = out / "run"
     m = spawn([sys.executable, str(HERE / "prefopt_side.py"), str(recipe), str(run_dir)],
               out / "log.txt", THREAD_ENV)
-    return {**m, **read_prefopt(run_dir, task)}
+    return {**m, **read_prefopt(run_dir, task, s)}
 
 
 def run_trl(task: str, assets: Path, s: dict, out: Path) -> dict:
@@ -209,11 +253,13 @@ def summarize_run(r: dict, task: str) -> dict:
                                   / sum(st["positions"] for st in steps)),
            "positions_per_s": (sum(st["positions"] for st in steady)
                                / sum(st["time"] for st in steady))}
-    if task == "ppo":
+    if task in RL_TASKS:
         out.update(iter_s=statistics.median(st["iter_s"] for st in steady),
                    rollout_s=statistics.median(st["rollout_s"] for st in steady),
                    train_s=statistics.median(st["time"] for st in steady),
                    iter_cpu_s=statistics.median(st["iter_cpu_s"] for st in steady))
+        if all("gen_tokens" in st for st in steady):
+            out["gen_tokens"] = statistics.median(st["gen_tokens"] for st in steady)
     return out
 
 
@@ -258,6 +304,7 @@ def machine() -> dict:
         return r.stdout.strip()
 
     return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform(),
+            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "python": platform.python_version(), "torch": torch.__version__,
             "loadavg_start": os.getloadavg(), "prefopt_root": str(ROOT),
             "git_head": git("rev-parse", "--short", "HEAD"),
@@ -274,11 +321,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="assets and run directories (models, checkpoints: kept out of --out)")
     ap.add_argument("--quick", action="store_true", help="fewer steps, one repetition")
     ap.add_argument("--reps", type=int, default=None, help="alternating repetitions (3)")
-    ap.add_argument("--tasks", default="sft,reward,dpo,ppo")
+    ap.add_argument("--tasks", default="sft,reward,dpo,ppo,rloo,grpo")
     ap.add_argument("--no-generation", action="store_true")
     ap.add_argument("--group-by-length", action="store_true",
-                    help="SFT only: length-grouped batches on both sides (prefopt "
-                         "sft.group_by_length, TRL group_by_length=True)")
+                    help="SFT, reward and DPO: length-grouped batches on both sides (prefopt "
+                         "sft/reward/dpo.group_by_length, TRL "
+                         "train_sampling_strategy='group_by_length')")
     ap.add_argument("--bf16", action="store_true",
                     help="bf16 autocast on both sides (prefopt train.mixed_precision=bf16, TRL "
                          "bf16=True); SFT, reward and DPO only")
@@ -287,9 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     settings = QUICK if args.quick else FULL
     if args.bf16:
-        settings = {t: {**v, "bf16": True} for t, v in settings.items() if t != "ppo"}
+        settings = {t: {**v, "bf16": True} for t, v in settings.items() if t not in RL_TASKS}
     if args.group_by_length:
-        settings = {"sft": {**settings["sft"], "group_by_length": True}}
+        settings = {t: {**settings[t], "group_by_length": True}
+                    for t in ("sft", "reward", "dpo")}
     reps = args.reps or (1 if args.quick else 3)
     tasks = [t for t in args.tasks.split(",") if t and t in settings]
 
