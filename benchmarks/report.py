@@ -115,11 +115,22 @@ def _fmt(s: dict, digits: int = 0, scale: float = 1.0) -> str:
 
 
 def markdown(results: dict) -> str:
-    s, m = results["summary"], results["machine"]
-    a = results["assets"]
+    """The whole results.md: header, per-run table, ratios, RL iteration split,
+    generation, batch composition, total time."""
+    lines = (_header(results) + _runs_table(results) + _ratio_table(results)
+             + _iteration_split(results) + _generation_table(results)
+             + _padding_table(results))
+    total = "Total benchmark time" + (" (all invocations)" if len(
+        results.get("pooled_from", [])) > 1 else "")
+    lines += ["", f"{total}: {results['total_s'] / 60:.1f} min."]
+    return "\n".join(lines) + "\n"
+
+
+def _header(results: dict) -> list[str]:
+    s, m, a = results["summary"], results["machine"], results["assets"]
     loads = [r["loadavg_1m"] for sides in results["runs"].values() for runs in sides.values()
              for r in runs]
-    lines = [
+    return [
         "# prefopt vs TRL: measured results",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, shared; 1-minute load average "
@@ -146,11 +157,14 @@ def markdown(results: dict) -> str:
         f"{s['peak_flops'] / 1e9:.1f} GFLOP/s, bf16 "
         f"{results.get('peak_bf16', {}).get('best_flops', float('nan')) / 1e9:.1f} GFLOP/s; "
         f"MFU below is against the {'bf16' if results.get('bf16') else 'fp32'} peak.",
-        "",
-        "| task | side | wall s | CPU s | train tokens/s | train tokens/CPU-s | peak RSS MiB "
-        "| MFU % (wall) | MFU % (CPU) | tokens per run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+
+def _runs_table(results: dict) -> list[str]:
+    s = results["summary"]
+    lines = ["", "| task | side | wall s | CPU s | train tokens/s | train tokens/CPU-s "
+             "| peak RSS MiB | MFU % (wall) | MFU % (CPU) | tokens per run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for task in results["runs"]:
         for side in ("prefopt", "trl"):
             t = s[task].get(side)
@@ -161,11 +175,16 @@ def markdown(results: dict) -> str:
                          f"{_fmt(t['peak_rss_mb'])} | {_fmt(t['mfu'], 1, 100)} | "
                          f"{_fmt(t['mfu_cpu'], 1, 100)} | "
                          f"{', '.join(str(int(x)) for x in sorted(set(t['tokens_total'])))} |")
-    lines += ["", "Ratios prefopt/TRL of the medians (throughput: higher is better for prefopt; "
-              "memory, wall, CPU: lower is better):", "",
-              "| task | throughput (wall) | throughput (CPU) | iteration speedup "
-              "| peak RSS | wall | CPU s | target | met |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    return lines
+
+
+def _ratio_table(results: dict) -> list[str]:
+    s = results["summary"]
+    lines = ["", "Ratios prefopt/TRL of the medians (throughput: higher is better for prefopt; "
+             "memory, wall, CPU: lower is better):", "",
+             "| task | throughput (wall) | throughput (CPU) | iteration speedup "
+             "| peak RSS | wall | CPU s | target | met |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for task in results["runs"]:
         r = s[task].get("ratio")
         if not r:
@@ -179,34 +198,40 @@ def markdown(results: dict) -> str:
                      f"{r['memory']:.2f}× | {r['wall']:.2f}× | {r['cpu']:.2f}× | {tgt} | "
                      f"wall: {'yes' if s[task]['target_met']['wall'] else 'no'}, "
                      f"CPU: {'yes' if s[task]['target_met']['cpu'] else 'no'} |")
-    lines += _iteration_split(results)
-    g = s.get("generation")
-    if g:
-        gen = results["generation"]
-        lines += ["", f"Rollout generation ({gen['n_prompts']} prompts in one batch, "
-                  f"{gen['max_new_tokens']} new tokens, T = {gen['temperature']}), generated "
-                  f"tokens/s over {len(gen['tokens_per_s']['prefopt'])} alternating calls:", "",
-                  "| prefopt Policy.generate | transformers model.generate | ratio |",
-                  "|---|---|---|",
-                  f"| {_fmt(g['prefopt'])} | {_fmt(g['transformers'])} | {g['ratio']:.2f}× |"]
+    return lines
+
+
+def _generation_table(results: dict) -> list[str]:
+    g = results["summary"].get("generation")
+    if not g:
+        return []
+    gen = results["generation"]
+    return ["", f"Rollout generation ({gen['n_prompts']} prompts in one batch, "
+            f"{gen['max_new_tokens']} new tokens, T = {gen['temperature']}), generated "
+            f"tokens/s over {len(gen['tokens_per_s']['prefopt'])} alternating calls:", "",
+            "| prefopt Policy.generate | transformers model.generate | ratio |",
+            "|---|---|---|",
+            f"| {_fmt(g['prefopt'])} | {_fmt(g['transformers'])} | {g['ratio']:.2f}× |"]
+
+
+def _padding_table(results: dict) -> list[str]:
+    s = results["summary"]
     pad = [(task, s[task]) for task in results["runs"]
            if "padding_efficiency" in s[task].get("prefopt", {})
            and "padding_efficiency" in s[task].get("trl", {})]
-    if pad:
-        lines += ["", "Batch composition (the sides shuffle differently): padding efficiency = "
-                  "tokens / padded positions; padded positions per second of training time "
-                  "(the compute rate, padding included):", "",
-                  "| task | padding eff. prefopt | padding eff. TRL | positions/s prefopt "
-                  "| positions/s TRL | ratio |", "|---|---|---|---|---|---|"]
-        for task, t in pad:
-            p, q = t["prefopt"], t["trl"]
-            lines.append(f"| {task} | {_fmt(p['padding_efficiency'], 3)} | "
-                         f"{_fmt(q['padding_efficiency'], 3)} | {_fmt(p['positions_per_s'])} | "
-                         f"{_fmt(q['positions_per_s'])} | {t['ratio']['positions']:.2f}× |")
-    total = "Total benchmark time" + (" (all invocations)" if len(
-        results.get("pooled_from", [])) > 1 else "")
-    lines += ["", f"{total}: {results['total_s'] / 60:.1f} min."]
-    return "\n".join(lines) + "\n"
+    if not pad:
+        return []
+    lines = ["", "Batch composition (the sides shuffle differently): padding efficiency = "
+             "tokens / padded positions; padded positions per second of training time "
+             "(the compute rate, padding included):", "",
+             "| task | padding eff. prefopt | padding eff. TRL | positions/s prefopt "
+             "| positions/s TRL | ratio |", "|---|---|---|---|---|---|"]
+    for task, t in pad:
+        p, q = t["prefopt"], t["trl"]
+        lines.append(f"| {task} | {_fmt(p['padding_efficiency'], 3)} | "
+                     f"{_fmt(q['padding_efficiency'], 3)} | {_fmt(p['positions_per_s'])} | "
+                     f"{_fmt(q['positions_per_s'])} | {t['ratio']['positions']:.2f}× |")
+    return lines
 
 
 def _iteration_split(results: dict) -> list[str]:
