@@ -313,7 +313,7 @@ def machine() -> dict:
 
 
 # ---- main -----------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(HERE / "results"),
                     help="results.json, results.md and generation.json go here")
@@ -330,15 +330,52 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bf16", action="store_true",
                     help="bf16 autocast on both sides (prefopt train.mixed_precision=bf16, TRL "
                          "bf16=True); SFT, reward and DPO only")
-    args = ap.parse_args(argv)
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    return ap.parse_args(argv)
+
+
+def task_settings(args: argparse.Namespace) -> dict[str, dict]:
     settings = QUICK if args.quick else FULL
     if args.bf16:
         settings = {t: {**v, "bf16": True} for t, v in settings.items() if t not in RL_TASKS}
     if args.group_by_length:
         settings = {t: {**settings[t], "group_by_length": True}
                     for t in ("sft", "reward", "dpo")}
+    return settings
+
+
+def run_task(task: str, settings: dict, reps: int, assets: Path, work: Path,
+             results: dict) -> None:
+    """``reps`` runs per side, alternating which side goes first, so drifting load hits both
+    alike; appends each run's summary to results["runs"][task]."""
+    if not TRL_PYTHON[task].exists():
+        print(f"{task}: {TRL_PYTHON[task]} missing; TRL side skipped", flush=True)
+    results["runs"][task] = {"prefopt": [], "trl": []}
+    for rep in range(reps):
+        order = ("prefopt", "trl") if rep % 2 == 0 else ("trl", "prefopt")
+        for side in order:
+            if side == "trl" and not TRL_PYTHON[task].exists():
+                continue
+            run_dir = work / "runs" / task / f"{side}-{rep}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            fn = run_prefopt if side == "prefopt" else run_trl
+            r = fn(task, assets, settings, run_dir)
+            s = summarize_run(r, task)
+            if side == "trl":
+                results["trl_versions"] = {**results.get("trl_versions", {}),
+                                           task: r["versions"]}
+            extra = ({"gradient_checkpointing": r["gradient_checkpointing"]}
+                     if side == "trl" else {})
+            results["runs"][task][side].append({**s, "steps": r["steps"], **extra})
+            print(f"{task:7s} {side:7s} rep {rep}: wall {s['wall_s']:.1f}s  "
+                  f"{s['tokens_per_s']:.0f} tok/s  rss {s['peak_rss_mb']:.0f} MiB  "
+                  f"load {s['loadavg_1m']:.2f}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    settings = task_settings(args)
     reps = args.reps or (1 if args.quick else 3)
     tasks = [t for t in args.tasks.split(",") if t and t in settings]
 
@@ -352,31 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"building assets in {assets}", flush=True)
     results["assets"] = assets_mod.build_all(assets)
     results["peak"] = [peak_flops()]
-
     for task in tasks:
-        if not TRL_PYTHON[task].exists():
-            print(f"{task}: {TRL_PYTHON[task]} missing; TRL side skipped", flush=True)
-        results["runs"][task] = {"prefopt": [], "trl": []}
-        for rep in range(reps):
-            # alternate which side goes first, so drifting load hits both alike
-            order = ("prefopt", "trl") if rep % 2 == 0 else ("trl", "prefopt")
-            for side in order:
-                if side == "trl" and not TRL_PYTHON[task].exists():
-                    continue
-                run_dir = work / "runs" / task / f"{side}-{rep}"
-                shutil.rmtree(run_dir, ignore_errors=True)
-                fn = run_prefopt if side == "prefopt" else run_trl
-                r = fn(task, assets, settings[task], run_dir)
-                s = summarize_run(r, task)
-                if side == "trl":
-                    results["trl_versions"] = {**results.get("trl_versions", {}),
-                                               task: r["versions"]}
-                extra = ({"gradient_checkpointing": r["gradient_checkpointing"]}
-                         if side == "trl" else {})
-                results["runs"][task][side].append({**s, "steps": r["steps"], **extra})
-                print(f"{task:7s} {side:7s} rep {rep}: wall {s['wall_s']:.1f}s  "
-                      f"{s['tokens_per_s']:.0f} tok/s  rss {s['peak_rss_mb']:.0f} MiB  "
-                      f"load {s['loadavg_1m']:.2f}", flush=True)
+        run_task(task, settings[task], reps, assets, work, results)
     results["peak"].append(peak_flops())
     # context only (every run here is fp32): what bf16 matmuls reach on this CPU
     results["peak_bf16"] = peak_flops(dtype="bfloat16")
