@@ -10,6 +10,8 @@ and, per model, its FSDP units and how many elements it holds to OUT/sharding-ra
 """
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -63,6 +65,31 @@ def recipe_bodies(root: Path, model: Path) -> dict[str, dict]:
                         "sampling": {"max_new_tokens": 6, "do_sample": False,
                                      "temperature": 1.0}}},
     }
+
+
+def run_both(root: Path, recipes: dict[str, Path], label: str, timeout: int) -> dict:
+    """Every recipe twice: under torchrun with 2 processes into root/LABEL/NAME, then in this
+    process (the reference, PPO's reward replaced by ``YesSource`` on both sides) into
+    root/one/NAME. Returns {name: {"one": dir, LABEL: dir}}."""
+    import pytest
+
+    args = [str(x) for name, path in recipes.items() for x in (path, root / label / name)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", __file__, *args],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "fit", fit_and_dump)
+        mp.setattr(ppo, "load_reward_source", YesSource)
+        for name, path in recipes.items():
+            run_recipe(load_recipe(path), root / "one" / name)
+    return {name: {"one": root / "one" / name, label: root / label / name}
+            for name in recipes}
+
+
+def metrics_rows(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def write_recipe(path: Path, body: dict) -> Path:

@@ -10,21 +10,12 @@ of 4, the two-process run gives each rank 4 rows (one micro-batch): only the sum
 order differs, so the losses agree to ~1e-7 relative; we allow 1e-4 over 4 steps.
 """
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import distributed_driver as driver
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from prefopt.algorithms import ppo
-from prefopt.engine.trainer import Trainer
-from prefopt.recipe import load_recipe
-from prefopt.run import run_recipe
 
 ALGORITHMS = ("sft", "dpo", "reward", "ppo")
 RTOL = 1e-4
@@ -39,23 +30,10 @@ def _recipes(root: Path, model: Path) -> dict[str, Path]:
 def runs(tmp_path_factory, tiny_llama) -> dict[str, dict[str, Path]]:
     root = tmp_path_factory.mktemp("distributed")
     recipes = _recipes(root, tiny_llama)
-    args = [str(x) for name in ALGORITHMS for x in (recipes[name], root / "two" / name)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", driver.__file__, *args],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with pytest.MonkeyPatch.context() as mp:  # the single-process reference, in this process
-        mp.setattr(Trainer, "fit", driver.fit_and_dump)
-        mp.setattr(ppo, "load_reward_source", driver.YesSource)
-        for name in ALGORITHMS:
-            run_recipe(load_recipe(recipes[name]), root / "one" / name)
-    return {name: {"one": root / "one" / name, "two": root / "two" / name}
-            for name in ALGORITHMS}
+    return driver.run_both(root, {name: recipes[name] for name in ALGORITHMS}, "two", 300)
 
 
-def _rows(run: Path) -> list[dict]:
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+_rows = driver.metrics_rows
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)

@@ -27,8 +27,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prefopt.algorithms import ppo
-from prefopt.engine.trainer import Trainer
 from prefopt.recipe import load_recipe
 from prefopt.run import run_recipe
 
@@ -71,23 +69,11 @@ def runs(tmp_path_factory, tiny_llama) -> dict[str, dict[str, Path]]:
     root = tmp_path_factory.mktemp("fsdp")
     recipes = {name: driver.write_recipe(root / f"{name}.yaml", body)
                for name, body in _bodies(root, tiny_llama).items()}
-    args = [str(x) for name in RUNS for x in (recipes[name], root / "fsdp" / name)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", driver.__file__, *args],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with pytest.MonkeyPatch.context() as mp:  # the single-process reference, in this process
-        mp.setattr(Trainer, "fit", driver.fit_and_dump)
-        mp.setattr(ppo, "load_reward_source", driver.YesSource)
-        for name in RUNS:
-            run_recipe(load_recipe(recipes[name]), root / "one" / name)
-    return {name: {"one": root / "one" / name, "fsdp": root / "fsdp" / name,
-                   "recipe": recipes[name]} for name in RUNS}
+    dirs = driver.run_both(root, {name: recipes[name] for name in RUNS}, "fsdp", 600)
+    return {name: {**dirs[name], "recipe": recipes[name]} for name in RUNS}
 
 
-def _rows(run: Path) -> list[dict]:
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+_rows = driver.metrics_rows
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
