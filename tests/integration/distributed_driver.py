@@ -92,6 +92,20 @@ def metrics_rows(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def assert_same_trajectory(one_dir: Path, other_dir: Path, name: str, rtol: float) -> None:
+    """The logged steps match, and at each the loss (``rtol``) and gradient norm (1e-3) of
+    the multi-process run equal the single-process ones; the loss moved (it did train)."""
+    import pytest
+
+    one, other = metrics_rows(one_dir), metrics_rows(other_dir)
+    steps = [2, 4] if name == "ppo" else [1, 2, 3, 4]  # PPO logs once per rollout
+    assert [r["step"] for r in one] == [r["step"] for r in other] == steps  # rank 0 logs
+    for a, b in zip(one, other):
+        assert b["loss"] == pytest.approx(a["loss"], rel=rtol), (a["step"], a, b)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
+    assert one[0]["loss"] != pytest.approx(one[-1]["loss"], rel=1e-3)
+
+
 def write_recipe(path: Path, body: dict) -> Path:
     path.write_text(yaml.safe_dump({"world": None, **body}))
     return path

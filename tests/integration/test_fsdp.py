@@ -110,13 +110,7 @@ def test_models_are_sharded(runs, name):
 
 @pytest.mark.parametrize("name", RUNS)
 def test_fsdp_matches_one_process(runs, name):
-    one, fsdp = _rows(runs[name]["one"]), _rows(runs[name]["fsdp"])
-    steps = [2, 4] if name == "ppo" else [1, 2, 3, 4]  # PPO logs once per rollout
-    assert [r["step"] for r in one] == [r["step"] for r in fsdp] == steps  # rank 0 logs
-    for a, b in zip(one, fsdp):
-        assert b["loss"] == pytest.approx(a["loss"], rel=RTOL), (a["step"], a, b)
-        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
-    assert one[0]["loss"] != pytest.approx(one[-1]["loss"], rel=1e-3)  # it did train
+    driver.assert_same_trajectory(runs[name]["one"], runs[name]["fsdp"], name, RTOL)
 
 
 @pytest.mark.parametrize("name", RUNS)
