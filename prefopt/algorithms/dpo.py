@@ -236,15 +236,8 @@ class DPO(Module):
                 self.ref[split] = reference_cache.load_or_compute(
                     policy, rows, Path(cache_dir or "reference_cache"), max_length,
                     cfg.ref_batch_size) if rows else None
-        elif not cfg.reference_free and not policy.uses_adapters:
-            with policy.reference():  # copy π_ref now, before a resume loads new weights
-                pass
-
-    def models(self):
-        return [self.policy.model]
-
-    def trainable_parameters(self):
-        return self.policy.trainable_parameters()
+        elif not cfg.reference_free:
+            policy.freeze_reference()
 
     def _collate(self, rows: list[EncodedPair], index: list[int], split: str) -> dict:
         batch = collate_pairs([r.chosen for r in rows], [r.rejected for r in rows],

@@ -90,15 +90,7 @@ class KTO(Module):
                                        cfg.w_undesirable)
         if warning:
             log.warning(warning)
-        if not policy.uses_adapters:
-            with policy.reference():  # copy π_ref now, before a resume loads new weights
-                pass
-
-    def models(self):
-        return [self.policy.model]
-
-    def trainable_parameters(self):
-        return self.policy.trainable_parameters()
+        policy.freeze_reference()
 
     def collate(self, rows: list[tuple[UnpairedExample, Encoded]]) -> dict:
         """(B, T) rows, ``desirable`` (B,), and (B, T') mismatched rows ``kl_*``."""

@@ -133,15 +133,8 @@ class OnlineDPO(Module):
         self.sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
         self.updates_per_batch = cfg.update_epochs * cfg.minibatches
         self._metrics: dict[str, float] = {}
-        if not policy.uses_adapters and not cfg.reference_free:
-            with policy.reference():  # copy π_ref now, before a resume loads new weights
-                pass
-
-    def models(self):
-        return [self.policy.model]
-
-    def trainable_parameters(self):
-        return self.policy.trainable_parameters()
+        if not cfg.reference_free:
+            policy.freeze_reference()
 
     def train_batches(self, epoch):
         return epoch_batches(self.prompts, self.batch_size, self.seed, epoch, list,

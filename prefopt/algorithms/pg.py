@@ -113,18 +113,11 @@ class PolicyGradient(Module):
         self.updates_per_batch = cfg.ppo_epochs * cfg.n_minibatches
         self.n_rollouts = 0
         self._metrics: dict[str, float] = {}
-        with policy.reference():  # full mode: freeze the copy now, before any update/resume
-            pass
+        policy.freeze_reference()
 
     def sequence_advantages(self, exp: Experience) -> torch.Tensor:
         """(B,) one advantage per sampled response."""
         raise NotImplementedError
-
-    def models(self):
-        return [self.policy.model]
-
-    def trainable_parameters(self):
-        return self.policy.trainable_parameters()
 
     def train_batches(self, epoch):
         return prompt_batches(self.prompts, self.batch_size, self.seed, epoch, self.shard)

@@ -124,8 +124,7 @@ class PPO(Module):
         self.n_rollouts = 0
         self._metrics: dict[str, float] = {}
         self._last_kl, self._last_rows = 0.0, 0
-        with policy.reference():  # full mode: freeze the copy now, before any update/resume
-            pass
+        policy.freeze_reference()
 
     # ---- engine contract -------------------------------------------------------------
     def models(self):

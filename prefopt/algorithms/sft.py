@@ -40,12 +40,6 @@ class SFT(Module):
         self.eval = encode_demonstrations(tok, eval_data or [], max_length)
         self.pad = tok.pad_token_id
 
-    def models(self):
-        return [self.policy.model]
-
-    def trainable_parameters(self):
-        return self.policy.trainable_parameters()
-
     def _collate(self, rows):
         batch = collate_sft([enc for _, enc in rows], self.pad)
         if not self.cfg.completion_only:

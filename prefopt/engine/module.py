@@ -23,8 +23,12 @@ class Module:
     """Why not, for the error message."""
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        """Parameters the optimizer updates."""
-        raise NotImplementedError
+        """Parameters the optimizer updates: by default those of ``self.policy``."""
+        policy = getattr(self, "policy", None)
+        if policy is None:
+            raise NotImplementedError(f"{type(self).__name__} has no policy: override "
+                                      "trainable_parameters")
+        return policy.trainable_parameters()
 
     def train_batches(self, epoch: int) -> Iterable[Any]:
         """The training batches of one pass over the data, deterministic per epoch."""
@@ -72,8 +76,10 @@ class Module:
         raise NotImplementedError
 
     def models(self) -> list[torch.nn.Module]:
-        """The modules the engine puts in train mode (and shards under FSDP)."""
-        return []
+        """The modules the engine puts in train mode (and shards under FSDP): by default
+        ``self.policy``'s model."""
+        policy = getattr(self, "policy", None)
+        return [policy.model] if policy is not None else []
 
     def frozen_models(self) -> list[torch.nn.Module]:
         """Frozen modules that run during training and are sharded with ``models()`` under

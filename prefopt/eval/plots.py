@@ -56,11 +56,7 @@ def plot_frontier(results: dict, path: Path) -> Path:
     ax.set_ylabel("gold reward")
     ax.set_title("Gold reward vs √KL: squares = final models on the test suite,\n"
                  "dots = training-time probe on held-out validation prompts", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path)
 
 
 def plot_overoptimisation(results: dict, path: Path) -> Path:
@@ -77,11 +73,7 @@ def plot_overoptimisation(results: dict, path: Path) -> Path:
     ax.set_xlabel("√KL(π ‖ π_ref)  (√nats)")
     ax.set_ylabel("score")
     ax.set_title("Over-optimisation: proxy vs gold")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path)
 
 
 def plot_training(results: dict, path: Path) -> Path:
@@ -98,6 +90,11 @@ def plot_training(results: dict, path: Path) -> Path:
     ax.set_ylabel("training loss")
     ax.set_yscale("symlog")
     ax.set_title("Training curves (seed 0)")
+    return _save(plt, fig, ax, path)
+
+
+def _save(plt, fig, ax, path: Path) -> Path:
+    """Legend, layout, write ``path`` (120 dpi), close the figure."""
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

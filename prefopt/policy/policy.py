@@ -71,11 +71,18 @@ class Policy:
                 raise TrainingError(
                     "train.sharding=fsdp: the full-mode reference copy must be made before "
                     "sharding (a sharded model cannot be copied); take the reference at build "
-                    "time (`with policy.reference(): pass`), or use LoRA or a precomputed "
+                    "time (`policy.freeze_reference()`), or use LoRA or a precomputed "
                     "reference (dpo.reference: precomputed)")
             self._frozen_ref = copy.deepcopy(self.model).eval().requires_grad_(False)
         with torch.no_grad():
             yield self._frozen_ref
+
+    def freeze_reference(self) -> None:
+        """Full mode: copy π_ref from the current weights now (before any update or a resume
+        loads new ones, and before FSDP shards the policy). LoRA/QLoRA: nothing to do."""
+        if not self.uses_adapters:
+            with self.reference():
+                pass
 
     @torch.no_grad()
     def reference_token_logprobs(self, input_ids, attention_mask, temperature: float = 1.0,
