@@ -7,7 +7,9 @@ half-written checkpoint; ``latest`` names the newest complete one.
 
 Tensors are always whole: under FSDP the shards are gathered before writing and cut again
 on loading (prefopt.engine.sharding), so a checkpoint resumes with or without sharding and
-on any number of processes.
+on any number of processes. DeepSpeed ZeRO is the exception: its partitioned optimizer
+state is written in DeepSpeed's own format (``zero/``, prefopt.engine.zero) beside the
+whole weights, and resumes under the same ZeRO stage and number of processes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from prefopt.engine import zero
 from prefopt.engine.sharding import full_tensor, load_full, shard_optimizer_state
 from prefopt.errors import TrainingError
 
@@ -51,13 +54,14 @@ def trainable_state(named_params) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(root: Path, step: int, params: dict[str, torch.Tensor],
-                    optimizer_state: dict, scheduler, position: dict, module_state: dict,
-                    keep: int = 2) -> Path:
+                    optimizer_state: dict | None, scheduler, position: dict,
+                    module_state: dict, keep: int = 2, tmp: Path | None = None) -> Path:
     """Write ``root/step-{step}`` atomically and point ``root/latest`` at it.
     ``optimizer_state``: ``optimizer.state_dict()`` with whole tensors
-    (``sharding.full_optimizer_state``)."""
+    (``sharding.full_optimizer_state``), or None under DeepSpeed ZeRO, whose partitioned
+    state the processes have already written into ``tmp`` (``zero.save``)."""
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=root))
+    tmp = tmp or Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=root))
     try:
         save_file(params, str(tmp / "trainable.safetensors"))
         torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
@@ -92,18 +96,30 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, named_params: dict[str, torch.nn.Parameter], optimizer,
-                    scheduler) -> tuple[dict, dict]:
+                    scheduler, engine=None) -> tuple[dict, dict]:
     """Restore weights, optimizer, scheduler and RNG; return (position, module_state).
-    Sharded parameters and their AdamW moments get this process's slice of each tensor."""
+    Sharded parameters and their AdamW moments get this process's slice of each tensor;
+    under DeepSpeed ZeRO (``engine``) DeepSpeed restores weights and optimizer itself."""
+    state = torch.load(path / "state.pt", weights_only=True)
+    if engine is not None:
+        zero.load(engine, path)
+    elif state["optimizer"] is None:
+        raise TrainingError(f"{path}: written under DeepSpeed ZeRO, whose optimizer state is "
+                            "partitioned; resume it with the same train.sharding and number "
+                            "of processes")
+    else:
+        _load_weights(path, named_params)
+        optimizer.load_state_dict(shard_optimizer_state(state["optimizer"], optimizer))
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    position = json.loads((path / "trainer.json").read_text())
+    return position, json.loads((path / "module.json").read_text())
+
+
+def _load_weights(path: Path, named_params: dict[str, torch.nn.Parameter]) -> None:
     weights = load_file(str(path / "trainable.safetensors"))
     missing = set(named_params) - set(weights)
     if missing:
         raise TrainingError(f"{path}: checkpoint lacks parameters {sorted(missing)[:3]}...")
     for name, p in named_params.items():
         load_full(p, weights[name])
-    state = torch.load(path / "state.pt", weights_only=True)
-    optimizer.load_state_dict(shard_optimizer_state(state["optimizer"], optimizer))
-    scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"])
-    position = json.loads((path / "trainer.json").read_text())
-    return position, json.loads((path / "module.json").read_text())

@@ -29,11 +29,17 @@ class TrainConfig:
     """Clip the global gradient norm (0 = off)."""
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    sharding: Literal["none", "fsdp"] = "none"
+    sharding: Literal["none", "fsdp", "zero1", "zero2", "zero3"] = "none"
     """none: every process holds a full replica and the engine sums gradients (DDP
     semantics). fsdp: parameters, gradients and AdamW state are sharded over the processes
-    with FSDP2 (prefopt.engine.sharding; docs/scaling.md). Set by accelerate's
-    ``distributed_type: FSDP`` as well. One process ignores it."""
+    with FSDP2 (prefopt.engine.sharding). zero1/zero2/zero3: DeepSpeed ZeRO partitions the
+    AdamW state (1), also the gradients (2), also the parameters (3)
+    (prefopt.engine.zero). Set by accelerate's ``distributed_type: FSDP`` or ``DEEPSPEED``
+    as well; docs/scaling.md. One process ignores it."""
+    deepspeed: dict = field(default_factory=dict)
+    """Extra DeepSpeed config entries under ZeRO, e.g. ``{zero_optimization:
+    {stage3_param_persistence_threshold: 0}}``; prefopt sets batch sizes, accumulation,
+    clipping, precision and the optimizer itself."""
     log_every: int = 1
     eval_every: int = 0
     """Run the module's held-out evaluation every N steps (0 = only at the end)."""

@@ -12,8 +12,8 @@ the mean over the global batch, for any micro-batch size and number of processes
 
 Every helper is the identity (and issues no collective) in a single process.
 ``train.sharding: fsdp`` shards the parameters instead of replicating them
-(prefopt.engine.sharding); the loss scaling and the summed gradients stay the same, FSDP's
-reduce-scatter doing the sum. DeepSpeed is refused (``check_supported``; docs/scaling.md).
+(prefopt.engine.sharding), ``zero1``-``zero3`` hand the reduction and the step to DeepSpeed
+(prefopt.engine.zero); the loss scaling and the summed gradients stay the same.
 """
 
 from __future__ import annotations
@@ -54,22 +54,36 @@ def local_only():
 
 
 def check_supported(accelerator, sharding: str = "none") -> str:
-    """The sharding mode of the run: ``sharding`` (``train.sharding``), or ``fsdp`` when
-    accelerate was launched with ``distributed_type: FSDP``. Refuses what prefopt cannot
-    honour: DeepSpeed, Megatron-LM and XLA, FSDP version 1, and the FSDP options
-    prefopt does not implement (parameter offload, FSDP's own activation checkpointing)."""
+    """The sharding mode of the run: ``sharding`` (``train.sharding``), ``fsdp`` when
+    accelerate was launched with ``distributed_type: FSDP``, ``zero<stage>`` with
+    ``DEEPSPEED``. Refuses what prefopt cannot honour: Megatron-LM and XLA, FSDP version 1,
+    and the FSDP and DeepSpeed options prefopt does not implement (parameter or optimizer
+    offload, FSDP's own activation checkpointing, ZeRO-3 init at load time)."""
+    from prefopt.engine import zero
+
     kind = str(getattr(accelerator, "distributed_type", "NO")).split(".")[-1]
-    if kind in ("DEEPSPEED", "MEGATRON_LM", "XLA"):
+    if kind in ("MEGATRON_LM", "XLA"):
         raise ConfigError(
             f"accelerate distributed_type {kind} is not supported: prefopt's engine runs "
-            "data parallelism itself, with full replicas (train.sharding: none) or FSDP2 "
-            "shards (train.sharding: fsdp, or recipes/accelerate/fsdp.yaml). Use "
-            "recipes/accelerate/ddp.yaml, fsdp.yaml or cpu_2proc.yaml; see docs/scaling.md")
+            "data parallelism itself, with full replicas, FSDP2 shards or DeepSpeed ZeRO. "
+            "Use recipes/accelerate/ddp.yaml, fsdp.yaml or deepspeed_zero*.yaml; see "
+            "docs/scaling.md")
+    stage = zero.stage_from_env()
+    plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
+    if stage is None and plugin is not None:
+        stage = int(plugin.zero_stage)
+    if kind == "DEEPSPEED" or stage is not None:
+        zero.check_env()
+        if stage not in (1, 2, 3):
+            raise ConfigError(f"accelerate deepspeed zero_stage {stage}: prefopt runs ZeRO "
+                              "stages 1, 2 and 3 (0 is plain data parallelism: use ddp.yaml)")
+        return f"zero{stage}"
     if kind == "FSDP" or _env_flag("ACCELERATE_USE_FSDP"):
         _check_fsdp_options(accelerator)
         return "fsdp"
-    if sharding not in ("none", "fsdp"):
-        raise ConfigError(f"train.sharding: expected none or fsdp, got {sharding!r}")
+    if sharding not in ("none", "fsdp", *zero.STAGES):
+        raise ConfigError(f"train.sharding: expected none, fsdp, zero1, zero2 or zero3, "
+                          f"got {sharding!r}")
     return sharding
 
 
@@ -100,6 +114,28 @@ def fsdp_reshard_after_forward() -> bool:
     gathered weights after its forward (and gather them again for the backward)."""
     value = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").strip().lower()
     return value not in ("false", "0", "no", "shard_grad_op", "2")
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def main_tmpdir(root, prefix: str):
+    """A fresh directory under ``root`` made by the main process, its path on every process
+    (one collective)."""
+    import tempfile
+    from pathlib import Path
+
+    path = None
+    if world_size() == 1 or dist.get_rank() == 0:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        path = tempfile.mkdtemp(prefix=prefix, dir=root)
+    if world_size() > 1:
+        box = [path]
+        dist.broadcast_object_list(box, src=0)
+        path = box[0]
+    return Path(path)
 
 
 def all_reduce_sum(values: list[float], device) -> list[float]:

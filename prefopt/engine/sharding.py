@@ -223,7 +223,10 @@ def gathered(*models: nn.Module):
     any number of forwards: one all-gather per unit on entry (every process must enter
     together), none inside, so processes may then run different numbers of forwards
     (generation with different lengths, or one process alone). Nested use and unsharded
-    models are no-ops. Parameters are resharded on exit."""
+    models are no-ops. Parameters are resharded on exit. DeepSpeed ZeRO-3 parameters are
+    gathered and pinned the same way (``zero.gathered``)."""
+    from prefopt.engine import zero
+
     todo = [u for u in units(models) if not getattr(u, "_prefopt_gathered", False)]
     for u in todo:
         u.unshard()
@@ -231,7 +234,8 @@ def gathered(*models: nn.Module):
         u.set_reshard_after_forward(False, recurse=False)
         u._prefopt_gathered = True
     try:
-        yield
+        with zero.gathered(*models):
+            yield
     finally:
         for u in todo:
             u.set_reshard_after_forward(getattr(u, _RESHARD, True), recurse=False)

@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from prefopt.engine import distributed as dist
-from prefopt.engine import sharding
+from prefopt.engine import sharding, zero
 from prefopt.engine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -39,6 +39,7 @@ class Trainer:
         self.accelerator = accelerator or make_accelerator(cfg, self.out)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self._stop_signal: int | None = None
+        self.engine = None  # DeepSpeed's, under ZeRO
 
     # ---- setup -------------------------------------------------------------------------
     @property
@@ -46,8 +47,20 @@ class Trainer:
         """FSDP: parameters sharded over the processes (one process shards nothing)."""
         return self.cfg.sharding == "fsdp" and dist.world_size() > 1
 
+    @property
+    def zero(self) -> bool:
+        """DeepSpeed ZeRO over the processes (one process runs without it)."""
+        return zero.is_zero(self.cfg.sharding) and dist.world_size() > 1
+
+    @property
+    def collective(self) -> bool:
+        """Every forward and backward is a collective: processes run them in lockstep."""
+        return self.sharded or self.zero
+
     def _setup(self, resume: bool):
         set_seed(self.cfg.seed)
+        if self.collective:
+            self._check_shardable()
         if self.sharded:
             self._shard()
         self.named = {n: p for m in self.module.models() for n, p in _named_trainable(m)}
@@ -55,6 +68,8 @@ class Trainer:
         if not params:
             raise TrainingError("the module has no trainable parameters")
         self.optimizer = make_optimizer(params, self.cfg)
+        if self.zero:
+            self._start_deepspeed(params)
         self.total_steps = self._count_steps()
         self.scheduler = make_scheduler(self.optimizer, self.cfg.lr_scheduler,
                                         self.cfg.warmup_steps, max(self.total_steps, 1))
@@ -62,20 +77,36 @@ class Trainer:
                                   enabled=self.accelerator.is_main_process)
         if resume:
             self._resume()
-        # identical replicas, whatever the init did (shards were cut from rank 0's values)
-        dist.broadcast_parameters([p for p in params if not sharding.is_dtensor(p)])
+        if not self.zero:  # identical replicas, whatever the init did (FSDP shards and
+            # DeepSpeed partitions were cut from rank 0's values)
+            dist.broadcast_parameters([p for p in params if not sharding.is_dtensor(p)])
+
+    def _check_shardable(self) -> None:
+        if not getattr(self.module, "shardable", True):
+            raise ConfigError(f"train.sharding={self.cfg.sharding} is not supported by "
+                              f"{self.module.name}: {self.module.shardable_reason}")
 
     def _shard(self) -> None:
         """Shard the trainable models and the frozen ones that run every step (a full-mode
         reference copy) before the optimizer sees any parameter (prefopt.engine.sharding)."""
-        if not getattr(self.module, "shardable", True):
-            raise ConfigError(f"train.sharding=fsdp is not supported by {self.module.name}: "
-                              f"{self.module.shardable_reason}")
         models = [*self.module.models(), *self.module.frozen_models()]
         units = sharding.shard_models(models, self.accelerator.device,
                                       dist.fsdp_reshard_after_forward())
         log.info("FSDP over %d processes: %s", dist.world_size(),
                  {type(models[i]).__name__: len(names) for i, names in units.items()})
+
+    def _start_deepspeed(self, params) -> None:
+        """Hand the models that run every step and the AdamW to DeepSpeed
+        (prefopt.engine.zero). Rank 0's trainable values first: ZeRO-3 partitions each
+        process's own copy."""
+        stage = zero.STAGES[self.cfg.sharding]
+        models = [*self.module.models(), *self.module.frozen_models()]
+        zero.check_models(stage, models)
+        dist.broadcast_parameters(params)
+        config = zero.ds_config(stage, self.cfg.grad_clip, self.cfg.mixed_precision,
+                                zero.extra_config(self.cfg.deepspeed))
+        self.engine = zero.initialize(models, self.optimizer, config)
+        log.info("DeepSpeed ZeRO-%d over %d processes", stage, dist.world_size())
 
     def _count_steps(self) -> int:
         per_epoch = sum(1 for _ in self.module.train_batches(0)) * self._updates_per_batch()
@@ -90,7 +121,8 @@ class Trainer:
         if ckpt is None:
             log.info("no checkpoint in %s; starting from scratch", self.out / "checkpoints")
             return
-        position, state = load_checkpoint(ckpt, self.named, self.optimizer, self.scheduler)
+        position, state = load_checkpoint(ckpt, self.named, self.optimizer, self.scheduler,
+                                          self.engine)
         self.module.load_state_dict(state)
         self.step, self.epoch = position["step"], position["epoch"]
         self.batch_in_epoch = position["batch_in_epoch"]
@@ -168,17 +200,21 @@ class Trainer:
         gradients summed across processes: the gradient of the global batch's mean loss."""
         weights = [self.module.loss_weight(mb) for mb in micro_batches]
         total = dist.all_reduce_sum([sum(weights)], self.accelerator.device)[0]
-        if self.sharded:
+        if self.collective:
             self._same_micro_batch_count(len(micro_batches))
         rows, tokens, bad = [], 0.0, None
-        for mb, w in zip(micro_batches, weights):
+        for i, (mb, w) in enumerate(zip(micro_batches, weights)):
+            if self.zero:
+                zero.micro_step(self.engine, last=i == len(micro_batches) - 1)
             with self.accelerator.autocast():
                 loss, metrics = self.module.loss(mb)
             if not torch.isfinite(loss):
                 bad = bad or _non_finite("loss", self.step + 1, index, mb, loss)
-                if not self.sharded:  # FSDP: the others wait for this process's passes
+                if not self.collective:  # else the others wait for this process's passes
                     break
-            if w > 0 or self.sharded:  # FSDP: every process runs every backward (collective)
+            if self.zero:
+                zero.backward(self.engine, loss * (w / total), dist.world_size())
+            elif w > 0 or self.sharded:  # FSDP: every process runs every backward
                 self.accelerator.backward(loss * (w / total))
             tokens += metrics.pop("tokens", 0.0)
             rows.append(({"loss": loss.item(), **metrics}, w))
@@ -186,25 +222,36 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainingError(bad or f"non-finite loss on another process at step "
                                 f"{self.step + 1}; stopping. The last good checkpoint is kept.")
-        dist.sum_gradients([p for g in self.optimizer.param_groups for p in g["params"]
-                            if not sharding.is_dtensor(p)])  # FSDP summed the shards already
-        norm = self._clip()
-        self.optimizer.step()
+        norm = self._zero_step() if self.zero else self._local_step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return {**weighted_mean(rows), "grad_norm": norm, "train/tokens": tokens,
                 "train/weight": sum(weights)}
 
-    def _clip(self) -> float:
+    def _local_step(self) -> float:
+        """Sum the replicas' gradients (FSDP summed the shards already), clip, update."""
+        dist.sum_gradients([p for g in self.optimizer.param_groups for p in g["params"]
+                            if not sharding.is_dtensor(p)])
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         norm = sharding.total_norm_float(self.accelerator.clip_grad_norm_(params, max_norm))
+        self._check_norm(norm)
+        self.optimizer.step()
+        return norm
+
+    def _zero_step(self) -> float:
+        """DeepSpeed reduces, clips and updates in one call; its norm is known only after
+        it (a non-finite one stops the run before any checkpoint is written)."""
+        norm = zero.step(self.engine)
+        self._check_norm(norm)
+        return norm
+
+    def _check_norm(self, norm: float) -> None:
         if not math.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainingError(f"non-finite gradient norm ({norm}) at step {self.step + 1}; "
                                 "the last good checkpoint is kept")
-        return norm
 
     def _evaluate(self) -> dict[str, float]:
         for m in self.module.models():
@@ -223,23 +270,30 @@ class Trainer:
         minus_low, high = dist.all_reduce_max([-n, n], self.accelerator.device)
         low = -minus_low
         if low != high:
-            raise TrainingError(f"train.sharding=fsdp: processes have {int(low)} to "
+            raise TrainingError(f"train.sharding={self.cfg.sharding}: processes have {int(low)} to "
                                 f"{int(high)} micro-batches at step {self.step + 1}; every "
                                 "process must run the same number of forwards and backwards")
 
     def checkpoint(self) -> Path | None:
         """Every process calls it (gathering shards is collective); the main one writes
         full tensors, the format of an unsharded run."""
-        if not (self.sharded or self.accelerator.is_main_process):
+        if not (self.collective or self.accelerator.is_main_process):
             return None
-        params = trainable_state(self.named.items())
-        optimizer = sharding.full_optimizer_state(self.optimizer)
+        root = self.out / "checkpoints"
+        tmp = dist.main_tmpdir(root, f".step-{self.step}-") if self.zero else None
+        if tmp is not None:  # DeepSpeed's partitioned optimizer: every process writes
+            zero.save(self.engine, tmp)
+        with zero.gathered(*self.module.models()):
+            params = trainable_state(self.named.items())
+        optimizer = None if self.zero else sharding.full_optimizer_state(self.optimizer)
+        if self.zero:
+            dist.barrier()  # every partition written before the main process renames
         if not self.accelerator.is_main_process:
             return None
         position = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
-        return save_checkpoint(self.out / "checkpoints", self.step, params, optimizer,
-                               self.scheduler, position, self.module.state_dict(),
-                               keep=self.cfg.keep_checkpoints)
+        return save_checkpoint(root, self.step, params, optimizer, self.scheduler, position,
+                               self.module.state_dict(), keep=self.cfg.keep_checkpoints,
+                               tmp=tmp)
 
 
 def weighted_mean(rows: list[tuple[dict[str, float], float]]) -> dict[str, float]:

@@ -4,8 +4,9 @@
         [--resume] RECIPE OUT [RECIPE OUT ...]
 
 After each run every rank writes its trainable weights to OUT/weights-rank{R}.safetensors
-(so the test can check that the replicas are identical; under FSDP the gathered shards)
-and, per model, its FSDP units and how many elements it holds to OUT/sharding-rank{R}.json. PPO's reward source is replaced by
+(so the test can check that the replicas are identical; under FSDP and ZeRO-3 the gathered
+shards) and, per model, its FSDP units and how many elements it holds to
+OUT/sharding-rank{R}.json. PPO's reward source is replaced by
 ``YesSource`` (share of "yes" tokens), which needs no trained reward model.
 """
 
@@ -114,10 +115,12 @@ def write_recipe(path: Path, body: dict) -> Path:
 def fit_and_dump(self, resume=False):
     from safetensors.torch import save_file
 
-    from prefopt.engine.sharding import full_tensor  # gathers FSDP shards (every rank calls)
+    from prefopt.engine.sharding import full_tensor, gathered  # every rank calls: collective
 
     out = _fit(self, resume)
-    weights = {n: full_tensor(p.detach()).contiguous() for n, p in self.named.items()}
+    with gathered(*self.module.models()):  # DeepSpeed ZeRO-3 partitions
+        weights = {n: full_tensor(p.detach()).clone().contiguous()
+                   for n, p in self.named.items()}
     rank = self.accelerator.process_index
     save_file(weights, str(self.out / f"weights-rank{rank}.safetensors"))
     models = [*self.module.models(), *self.module.frozen_models()]
@@ -127,14 +130,18 @@ def fit_and_dump(self, resume=False):
 
 
 def sharding_report(model) -> dict:
-    """The FSDP units of a model and the share of its elements this process holds."""
+    """The FSDP units of a model and the share of its elements this process holds (its
+    FSDP shards or DeepSpeed ZeRO-3 partitions)."""
+    from prefopt.engine import zero
     from prefopt.engine.sharding import is_dtensor, is_unit
 
     params = list(model.parameters())
     return {"model": type(model).__name__,
             "units": [n for n, m in model.named_modules() if is_unit(m)],
-            "local": sum((p.to_local() if is_dtensor(p) else p).numel() for p in params),
-            "total": sum(p.numel() for p in params)}
+            "local": sum(p.to_local().numel() if is_dtensor(p) else zero.local_numel(p)
+                         for p in params),
+            "total": sum(p.ds_numel if zero.is_partitioned(p) else p.numel()
+                         for p in params)}
 
 
 class YesSource:

@@ -91,7 +91,8 @@ def _worker(rank: int, tmp: str, paths: dict[str, str]) -> None:
         with pytest.raises(TrainingError, match="reference copy must be made before"):
             with policy.reference():
                 pass
-        trainer = SimpleNamespace(accelerator=SimpleNamespace(device="cpu"), step=0)
+        trainer = SimpleNamespace(accelerator=SimpleNamespace(device="cpu"), step=0,
+                                  cfg=SimpleNamespace(sharding="fsdp"))
         with pytest.raises(TrainingError, match="processes have 1 to 2 micro-batches"):
             Trainer._same_micro_batch_count(trainer, rank + 1)
         (Path(tmp) / f"rank{rank}.json").write_text(json.dumps(out))
