@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -157,6 +158,11 @@ def initialize(models: list[nn.Module], optimizer: torch.optim.Optimizer, config
     a scheduler built on it keeps working."""
     import deepspeed
 
+    # DeepSpeed 0.19 calls torch's deprecated all_gather_into_tensor/reduce_scatter_tensor
+    # on every gather; torch 2.13 warns on each call (thousands of lines per run).
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            message=r"`torch\.distributed\.(all_gather_into_tensor|"
+                                    r"reduce_scatter_tensor)` is deprecated")
     engine, *_ = deepspeed.initialize(model=Bundle(models), optimizer=optimizer,
                                       config=config)
     return engine

@@ -31,6 +31,25 @@ PROMPTS = ["what is two plus three?", "hello", "sort these words", "what colour 
 TRAIN = {"lr": 1e-2, "max_steps": 4, "epochs": 10, "batch_size": 8, "micro_batch_size": 4,
          "progress": False, "lr_scheduler": "constant", "seed": 1}
 
+CONSTITUTION = """\
+name: tiny
+principles:
+  - name: safe
+    critique: what is bad?
+    revision: help with that.
+    comparison: which is good?
+  - name: kind
+    critique: is the answer bad?
+    revision: here is how.
+    comparison: which is well?
+few_shot:
+  - principle: safe
+    prompt: how kill python process?
+    response: no.
+    critique: bad.
+    revision: kill the process.
+"""
+
 
 def _jsonl(path: Path, rows: list[dict]) -> str:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -49,6 +68,11 @@ def recipe_bodies(root: Path, model: Path) -> dict[str, dict]:
         {"prompt": f"say {w}", "chosen": f"{w} yes", "rejected": f"no {w} {w} no"}
         for w in WORDS] + [{"prompt": "tip", "chosen": "sleep well", "rejected": "bad"}] * 2)
     prompts = _jsonl(root / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
+    signals = _jsonl(root / "kto.jsonl", [
+        {"prompt": f"say {w}", "completion": f"{w} yes" if i % 2 else f"no {w} {w}",
+         "label": bool(i % 2)} for i, w in enumerate(WORDS)])
+    constitution = root / "constitution.yaml"
+    constitution.write_text(CONSTITUTION)
     full, lora = {"path": str(model), "mode": "full"}, {"path": str(model), "mode": "lora",
                                                         "lora_r": 4}
     return {
@@ -59,6 +83,16 @@ def recipe_bodies(root: Path, model: Path) -> dict[str, dict]:
         "reward": {"algorithm": "reward", "model": full,
                    "data": {"train": pairs, "max_length": 64}, "train": TRAIN,
                    "reward": {"normalize": False}},
+        "kto": {"algorithm": "kto", "model": full,
+                "data": {"train": signals, "max_length": 64}, "train": TRAIN},
+        # every rank answers, critiques and revises all 8 prompts with the same seeds (the
+        # policy as its own critic), then trains on its share of the 8 revisions
+        "sl_cai": {"algorithm": "sl_cai", "model": full,
+                   "data": {"train": prompts, "max_length": 256}, "train": TRAIN,
+                   "sl_cai": {"constitution": str(constitution), "n_red_team": 8,
+                              "critic": {"backend": "policy"}, "helpful_mix": 0.0,
+                              "sampling": {"max_new_tokens": 4, "do_sample": False},
+                              "critique_max_new_tokens": 4, "revision_max_new_tokens": 4}},
         # 2 rollouts of 4 prompts x 2 PPO epochs; greedy, so both runs sample the same text
         "ppo": {"algorithm": "ppo", "model": lora, "data": {"train": prompts},
                 "train": {**TRAIN, "lr": 1e-3, "batch_size": 4, "micro_batch_size": 2},

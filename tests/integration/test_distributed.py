@@ -1,5 +1,8 @@
 """Two processes (torchrun, gloo on CPU) train exactly like one process on the same global
-batch: SFT, DPO (LoRA), the reward model and PPO (LoRA, greedy rollouts).
+batch: SFT, DPO (LoRA), SL-CAI (generation, critique and revision on every rank, then SFT
+on the revisions), the reward model and PPO (LoRA, greedy rollouts). Not KTO: its z0 is
+estimated on each micro-batch, and the ranks' micro-batches hold other rows than one
+process's (docs/dpo.md); by hand it matches the unsharded two-process run under ZeRO/FSDP.
 
 Why equal: each rank collates its half of every global batch (epoch_batches shard), the
 engine back-propagates loss·w/W (w: the micro-batch's rows or tokens, W: their sum over all
@@ -17,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ALGORITHMS = ("sft", "dpo", "reward", "ppo")
+ALGORITHMS = ("sft", "dpo", "sl_cai", "reward", "ppo")
 RTOL = 1e-4
 
 

@@ -1,6 +1,7 @@
 """Two processes under DeepSpeed ZeRO (``train.sharding: zero2`` / ``zero3``, torchrun, gloo on
 CPU) train like one process on the same global batch: SFT (full), DPO (LoRA; full with a live
-reference copy, partitioned too under ZeRO-3), the reward model and PPO (LoRA, greedy
+reference copy, partitioned too under ZeRO-3; TR-DPO, whose reference follows the policy), the
+reward model, SL-CAI and PPO (LoRA, greedy
 rollouts: each rank generates for its own prompts inside ``zero.gathered``). A ZeRO-3
 checkpoint resumes under ``accelerate launch`` with recipes/accelerate/cpu_zero3_2proc.yaml.
 
@@ -32,10 +33,14 @@ from prefopt.run import run_recipe
 pytest.importorskip("deepspeed")
 
 RTOL = 1e-4
-WEIGHT_ATOL = 1e-4
+WEIGHT_ATOL = {"sl_cai": 5e-4}
+"""Trained weights vs one process after 4 AdamW steps at lr 1e-2 (observed ≤ 1e-5), but
+SL-CAI: its SFT on 8 four-token revisions leaves many MLP gradients near 0, where AdamW's
+m/√v turns summation-order noise into weight differences up to 1.4e-4 (observed; the
+losses agree to 7e-8)."""
 NOISE = {"reward": {"head.bias"}}
 """The reward head's bias has a zero gradient up to rounding (test_fsdp.py's NOISE)."""
-RUNS = {"zero3": ("sft", "dpo", "dpo_full_live", "reward", "ppo"),
+RUNS = {"zero3": ("sft", "dpo", "dpo_full_live", "trdpo", "sl_cai", "reward", "ppo"),
         "zero2": ("sft", "dpo", "ppo")}
 CASES = [(stage, name) for stage, names in RUNS.items() for name in names]
 ACCELERATE_ZERO3 = Path(__file__).parents[2] / "recipes" / "accelerate" / "cpu_zero3_2proc.yaml"
@@ -50,6 +55,10 @@ def _bodies(root: Path, model: Path, stage: str) -> dict[str, dict]:
                                          "keep_checkpoints": 4}},
         "dpo": base["dpo"],
         "dpo_full_live": {**base["dpo"], "model": {"path": str(model), "mode": "full"}},
+        # TR-DPO: the reference copy is synced with the policy partition by partition
+        "trdpo": {**base["dpo"], "model": {"path": str(model), "mode": "full"},
+                  "dpo": {"ref_sync_every": 2, "ref_sync_alpha": 0.5}},
+        "sl_cai": base["sl_cai"],
         "reward": base["reward"],
         "ppo": base["ppo"],
     }
@@ -89,7 +98,7 @@ def test_zero_trains_the_same_weights(runs, stage, name):
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     worst = max((w0[k] - one[k]).abs().max().item() for k in one
                 if k not in NOISE.get(name, ()))
-    assert worst < WEIGHT_ATOL, worst
+    assert worst < WEIGHT_ATOL.get(name, 1e-4), worst
 
 
 @pytest.mark.parametrize("name", RUNS["zero3"])
@@ -98,7 +107,7 @@ def test_zero3_partitions_every_model(runs, name):
     value model, a full-mode reference copy): frozen weights included."""
     reports = [json.loads((runs["zero3"][name]["multi"] / f"sharding-rank{r}.json").read_text())
                for r in (0, 1)]
-    expected = {"dpo_full_live": 2, "ppo": 2}.get(name, 1)
+    expected = {"dpo_full_live": 2, "trdpo": 2, "ppo": 2}.get(name, 1)
     assert len(reports[0]) == expected
     for m0, m1 in zip(*reports):
         assert m0["total"] == m1["total"] > 0
