@@ -1,9 +1,9 @@
-"""Two processes under DeepSpeed ZeRO (``train.sharding: zero2`` / ``zero3``, torchrun, gloo on
-CPU) train like one process on the same global batch: SFT (full), DPO (LoRA; full with a live
-reference copy, partitioned too under ZeRO-3; TR-DPO, whose reference follows the policy), the
-reward model, SL-CAI and PPO (LoRA, greedy
-rollouts: each rank generates for its own prompts inside ``zero.gathered``). A ZeRO-3
-checkpoint resumes under ``accelerate launch`` with recipes/accelerate/cpu_zero3_2proc.yaml.
+"""Two processes under DeepSpeed ZeRO (``train.sharding: zero1|zero2|zero3``, torchrun, gloo
+on CPU) train like one process on the same global batch: under ZeRO-3 SFT (full), DPO (LoRA;
+full with a live reference copy, partitioned too; TR-DPO, whose reference follows the
+policy), SL-CAI, the reward model and PPO (LoRA, greedy rollouts: each rank generates for its
+own prompts inside ``zero.gathered``); under ZeRO-2 SFT, DPO and PPO; under ZeRO-1 SFT. A
+ZeRO-3 checkpoint resumes under ``accelerate launch`` with recipes/accelerate/cpu_zero3_2proc.yaml.
 
 Why equal: each rank back-propagates loss·w/W·N on its half of every global batch
 (prefopt.engine.zero.backward), DeepSpeed averages over the N processes, so its partitions
@@ -41,7 +41,7 @@ losses agree to 7e-8)."""
 NOISE = {"reward": {"head.bias"}}
 """The reward head's bias has a zero gradient up to rounding (test_fsdp.py's NOISE)."""
 RUNS = {"zero3": ("sft", "dpo", "dpo_full_live", "trdpo", "sl_cai", "reward", "ppo"),
-        "zero2": ("sft", "dpo", "ppo")}
+        "zero2": ("sft", "dpo", "ppo"), "zero1": ("sft",)}
 CASES = [(stage, name) for stage, names in RUNS.items() for name in names]
 ACCELERATE_ZERO3 = Path(__file__).parents[2] / "recipes" / "accelerate" / "cpu_zero3_2proc.yaml"
 DEEPSPEED = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}
