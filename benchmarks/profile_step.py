@@ -65,9 +65,9 @@ def main() -> int:
         for i, b in enumerate(todo, start=1):
             trainer._train_batch(b, i)
         prof.disable()
-    ops = tp.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    ops = tp.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
     s = io.StringIO()
-    pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(40)
+    pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(70)
     (out / f"{args.task}-prefopt-ops.txt").write_text(ops)
     (out / f"{args.task}-prefopt-cprofile.txt").write_text(s.getvalue())
     print(ops)
