@@ -93,19 +93,25 @@ def read_config_file(path: str) -> dict:
         cfg = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path}: cannot read the DeepSpeed config file: {e}") from e
+    check_entries(cfg, f"{path}: field")
+    return cfg
+
+
+def check_entries(cfg: dict, where: str) -> None:
+    """Refuse DeepSpeed entries prefopt would otherwise drop or contradict: optimizer,
+    scheduler and precision sections that are on, and optimizer/parameter offload."""
     for key in REFUSED:
         section = cfg.get(key)
         if section and not (isinstance(section, dict) and section.get("enabled") in
                             (False, "auto")):
-            raise ConfigError(f"{path}: field {key!r} is not supported: prefopt brings its "
-                              "own AdamW and schedule and takes precision from "
+            raise ConfigError(f"{where} {key!r} is not supported: prefopt brings its own "
+                              "AdamW and schedule and takes precision from "
                               "train.mixed_precision; remove it")
     zero = cfg.get("zero_optimization", {})
     for key in ("offload_optimizer", "offload_param"):
         if zero.get(key) and str(zero[key].get("device", "none")).lower() != "none":
-            raise ConfigError(f"{path}: field zero_optimization.{key} is not supported "
-                              "(prefopt keeps its own AdamW); remove it")
-    return cfg
+            raise ConfigError(f"{where} zero_optimization.{key} is not supported (prefopt "
+                              "keeps its own AdamW); remove it")
 
 
 def ds_config(stage: int, grad_clip: float, mixed_precision: str,
@@ -117,13 +123,19 @@ def ds_config(stage: int, grad_clip: float, mixed_precision: str,
         raise ConfigError("train.mixed_precision=fp16 is not supported under DeepSpeed ZeRO "
                           "(its loss scaler skips steps behind the engine's back): use bf16")
     extra = dict(extra or {})
+    check_entries(extra, "DeepSpeed config entry")
+    given = extra.get("zero_optimization", {}).get("stage", stage)
+    if int(given) != stage:
+        raise ConfigError(f"DeepSpeed config entry zero_optimization.stage {given} "
+                          f"contradicts the run's ZeRO stage {stage} (train.sharding or "
+                          "accelerate's zero_stage); remove it")
     for key in OWNED:
         if extra.get(key, "auto") != "auto":
             raise ConfigError(f"DeepSpeed config key {key} is set by prefopt from the recipe "
                               f"(train.*); remove it or set it to auto")
         extra.pop(key, None)
     for key in REFUSED:
-        extra.pop(key, None)  # read_config_file refused any that were enabled
+        extra.pop(key, None)  # check_entries refused any that were on
     zero = {**extra.pop("zero_optimization", {}), "stage": stage}
     return {**extra, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
             "gradient_clipping": grad_clip, "zero_optimization": zero,

@@ -48,6 +48,21 @@ def test_ds_config_refuses_keys_prefopt_sets(extra, message):
         zero.ds_config(2, 1.0, "no", extra)
 
 
+@pytest.mark.parametrize("extra,message", [
+    ({"optimizer": {"type": "AdamW"}}, "entry 'optimizer' is not supported"),
+    ({"bf16": {"enabled": True}}, "entry 'bf16' is not supported"),
+    ({"zero_optimization": {"offload_param": {"device": "cpu"}}},
+     "entry zero_optimization.offload_param is not supported"),
+    ({"zero_optimization": {"stage": 3}}, "stage 3 contradicts the run's ZeRO stage 2"),
+])
+def test_recipe_entries_prefopt_would_drop_are_refused(extra, message):
+    """train.deepspeed gets the config file's checks: nothing in it is silently ignored."""
+    with pytest.raises(ConfigError, match=message):
+        zero.ds_config(2, 1.0, "no", extra)
+    assert zero.ds_config(2, 1.0, "no", {"bf16": {"enabled": "auto"}})["bf16"] == {
+        "enabled": False}
+
+
 def test_fp16_is_refused():
     with pytest.raises(ConfigError, match="fp16 is not supported under DeepSpeed ZeRO"):
         zero.ds_config(2, 1.0, "fp16")
