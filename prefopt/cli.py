@@ -123,6 +123,18 @@ def main(argv: list[str] | None = None) -> int:
     except PrefoptError as e:
         print(f"prefopt: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        close_process_group()
+
+
+def close_process_group() -> None:
+    """Tear down torch.distributed before the interpreter does: a gloo group left to the
+    interpreter's exit can abort a process ("terminate called without an active
+    exception") after a run that succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

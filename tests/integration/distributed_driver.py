@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from prefopt.algorithms import ppo
+from prefopt.cli import close_process_group
 from prefopt.engine.trainer import Trainer
 from prefopt.recipe import load_recipe
 from prefopt.run import run_recipe
@@ -201,6 +202,7 @@ def main(argv: list[str]) -> None:
     argv = argv[1:] if resume else argv
     for recipe, out in zip(argv[0::2], argv[1::2]):
         run_recipe(load_recipe(recipe), out, resume=resume)
+    close_process_group()
 
 
 if __name__ == "__main__":
