@@ -132,6 +132,7 @@ class Policy:
         from inside ``sharding.gathered`` (``prefopt.run.save_final``).
         """
         from prefopt.engine.sharding import gathered_state_dict
+        from prefopt.engine.zero import any_partitioned
 
         out = Path(out_dir)
         model = self.model
@@ -139,7 +140,7 @@ class Policy:
         if merged and self.uses_adapters:
             if self.cfg.mode == "qlora":
                 raise ValueError("cannot merge adapters into a 4-bit base; export the adapter")
-            if state is not None:
+            if state is not None or any_partitioned([model]):
                 raise ValueError("cannot merge adapters of a sharded model; save the adapter")
             model = copy.deepcopy(model).merge_and_unload()
         model.save_pretrained(out, safe_serialization=True, state_dict=state)
