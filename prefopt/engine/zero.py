@@ -211,9 +211,24 @@ def local_numel(p) -> int:
 
 def local_tensor(p) -> torch.Tensor:
     """What this process stores of ``p``: its ZeRO-3 partition, else ``p`` itself (an FSDP
-    DTensor's arithmetic is shard-wise already). Two parameters of the same shape are cut
-    the same way, so partition-wise arithmetic between them is elementwise arithmetic."""
+    DTensor's arithmetic is shard-wise already)."""
     return p.ds_tensor if is_partitioned(p) else p
+
+
+def drop_whole_copy(p) -> None:
+    """After an in-place update of ``local_tensor(p)``: ZeRO-3 also keeps some tensors whole
+    between forwards (those under ``stage3_param_persistence_threshold`` elements), and
+    forwards read that copy, now stale. Free it (no collective): the next forward gathers
+    the updated partitions again. A no-op for anything else."""
+    if not is_partitioned(p):
+        return
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    if p.ds_status == ZeroParamStatus.AVAILABLE:
+        if p.ds_active_sub_modules:
+            raise RuntimeError("cannot update a ZeRO-3 parameter while a forward or a "
+                               "gather uses it")
+        p.partition()
 
 
 @contextmanager

@@ -94,11 +94,12 @@ class Policy:
         """π_ref ← α·π_θ + (1−α)·π_ref (TR-DPO, Gorbatovski et al. 2024). Full mode only."""
         if self.uses_adapters:
             raise ValueError("reference sync needs mode=full (the LoRA reference is the base)")
-        from prefopt.engine.zero import local_tensor
+        from prefopt.engine.zero import drop_whole_copy, local_tensor
 
         with self.reference() as ref, torch.no_grad():  # shard by shard when sharded
             for p_ref, p in zip(ref.parameters(), self.model.parameters()):
                 local_tensor(p_ref).mul_(1 - alpha).add_(local_tensor(p).detach(), alpha=alpha)
+                drop_whole_copy(p_ref)
 
     # ---- generation ------------------------------------------------------------------
     def encode_prompts(self, prompts: list[Messages]) -> list[list[int]]:

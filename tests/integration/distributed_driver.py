@@ -176,7 +176,9 @@ def sharding_report(model) -> dict:
             "local": sum(p.to_local().numel() if is_dtensor(p) else zero.local_numel(p)
                          for p in params),
             "total": sum(p.ds_numel if zero.is_partitioned(p) else p.numel()
-                         for p in params)}
+                         for p in params),
+            "persistent": sum(p.ds_numel for p in params  # ZeRO-3 tensors kept whole
+                              if zero.is_partitioned(p) and p.ds_persist)}
 
 
 class YesSource:

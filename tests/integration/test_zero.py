@@ -45,6 +45,10 @@ RUNS = {"zero3": ("sft", "dpo", "dpo_full_live", "trdpo", "sl_cai", "reward", "p
 CASES = [(stage, name) for stage, names in RUNS.items() for name in names]
 ACCELERATE_ZERO3 = Path(__file__).parents[2] / "recipes" / "accelerate" / "cpu_zero3_2proc.yaml"
 DEEPSPEED = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}
+MIXED = {"zero_optimization": {"stage3_param_persistence_threshold": 100}}
+"""TR-DPO: the 64-element norm weights stay whole on every process (DeepSpeed's persistent
+tensors, as a real model's norms are by default), the matrices are partitioned: the
+reference sync must update both kinds (a whole tensor's resident copy is what forwards read)."""
 
 
 def _bodies(root: Path, model: Path, stage: str) -> dict[str, dict]:
@@ -62,7 +66,8 @@ def _bodies(root: Path, model: Path, stage: str) -> dict[str, dict]:
         "reward": base["reward"],
         "ppo": base["ppo"],
     }
-    return {name: {**b, "train": {**b["train"], "sharding": stage, "deepspeed": DEEPSPEED}}
+    return {name: {**b, "train": {**b["train"], "sharding": stage,
+                                  "deepspeed": MIXED if name == "trdpo" else DEEPSPEED}}
             for name, b in bodies.items() if name in RUNS[stage]}
 
 
@@ -101,19 +106,33 @@ def test_zero_trains_the_same_weights(runs, stage, name):
     assert worst < WEIGHT_ATOL.get(name, 1e-4), worst
 
 
-@pytest.mark.parametrize("name", RUNS["zero3"])
+@pytest.mark.parametrize("name", [n for n in RUNS["zero3"] if n != "trdpo"])
 def test_zero3_partitions_every_model(runs, name):
     """Under ZeRO-3 each rank holds half of every model DeepSpeed manages (the policy, a
     value model, a full-mode reference copy): frozen weights included."""
     reports = [json.loads((runs["zero3"][name]["multi"] / f"sharding-rank{r}.json").read_text())
                for r in (0, 1)]
-    expected = {"dpo_full_live": 2, "trdpo": 2, "ppo": 2}.get(name, 1)
+    expected = {"dpo_full_live": 2, "ppo": 2}.get(name, 1)
     assert len(reports[0]) == expected
     for m0, m1 in zip(*reports):
         assert m0["total"] == m1["total"] > 0
         # DeepSpeed pads each tensor to a multiple of the world size: a few elements more
         assert m0["total"] <= m0["local"] + m1["local"] <= m0["total"] + 2 * 64
         assert m0["local"] == m1["local"]
+
+
+def test_zero3_keeps_small_tensors_whole_and_partitions_the_rest(runs):
+    """In the TR-DPO run (threshold 100) the policy and its reference copy keep their five
+    64-element norm weights whole between forwards (DeepSpeed's persistent tensors) besides
+    their partitions; the other runs (threshold 0) keep nothing whole."""
+    reports = [json.loads((runs["zero3"]["trdpo"]["multi"] / f"sharding-rank{r}.json")
+                          .read_text()) for r in (0, 1)]
+    assert len(reports[0]) == 2
+    for m in reports[0] + reports[1]:
+        assert m["persistent"] == 5 * 64  # 2 layers x 2 norms + the final norm
+        assert m["local"] == m["total"] / 2
+    other = json.loads((runs["zero3"]["sft"]["multi"] / "sharding-rank0.json").read_text())
+    assert other[0]["persistent"] == 0
 
 
 def test_zero3_final_is_the_gathered_model(runs):
