@@ -16,6 +16,26 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
 
+CONSTITUTION = """\
+name: tiny
+principles:
+  - name: safe
+    critique: what is bad?
+    revision: help with that.
+    comparison: which is good?
+  - name: kind
+    critique: is the answer bad?
+    revision: here is how.
+    comparison: which is well?
+few_shot:
+  - principle: safe
+    prompt: how kill python process?
+    response: no.
+    critique: bad.
+    revision: kill the process.
+"""
+"""A two-principle constitution in the tiny vocabulary, for SL-CAI/RL-CAI runs."""
+
 
 def build_tokenizer(out: Path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers

@@ -12,6 +12,7 @@ OUT/sharding-rank{R}.json. PPO's reward source is replaced by
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,32 +26,15 @@ from prefopt.engine.trainer import Trainer
 from prefopt.recipe import load_recipe
 from prefopt.run import run_recipe
 
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/, when run as a script
+from tiny import CONSTITUTION  # noqa: E402
+
 _fit = Trainer.fit
 WORDS = "hello world cat dog sky blue yes no good bad".split()
 PROMPTS = ["what is two plus three?", "hello", "sort these words", "what colour is the sky?",
            "reverse cat dog", "tip", "good dog", "bad cat"]
 TRAIN = {"lr": 1e-2, "max_steps": 4, "epochs": 10, "batch_size": 8, "micro_batch_size": 4,
          "progress": False, "lr_scheduler": "constant", "seed": 1}
-
-CONSTITUTION = """\
-name: tiny
-principles:
-  - name: safe
-    critique: what is bad?
-    revision: help with that.
-    comparison: which is good?
-  - name: kind
-    critique: is the answer bad?
-    revision: here is how.
-    comparison: which is well?
-few_shot:
-  - principle: safe
-    prompt: how kill python process?
-    response: no.
-    critique: bad.
-    revision: kill the process.
-"""
-
 
 def _jsonl(path: Path, rows: list[dict]) -> str:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -140,6 +124,25 @@ def assert_same_trajectory(one_dir: Path, other_dir: Path, name: str, rtol: floa
         assert b["loss"] == pytest.approx(a["loss"], rel=rtol), (a["step"], a, b)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
     assert one[0]["loss"] != pytest.approx(one[-1]["loss"], rel=1e-3)
+
+
+def resume_under_accelerate(config: Path, source: Path, body: dict, tmp: Path) -> Path:
+    """Copy ``source``'s step-2 checkpoint and metrics into tmp/resumed, then resume ``body``
+    (with train.sharding none: the accelerate config decides) on 2 processes under
+    ``accelerate launch --config_file config``; returns the run directory."""
+    out = tmp / "resumed"
+    shutil.copytree(source / "checkpoints" / "step-2", out / "checkpoints" / "step-2")
+    (out / "checkpoints" / "latest").write_text("step-2")
+    shutil.copy(source / "metrics.jsonl", out / "metrics.jsonl")
+    recipe = write_recipe(tmp / "resume.yaml",
+                          {**body, "train": {**body["train"], "sharding": "none"}})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(config), __file__, "--resume", str(recipe), str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
 
 
 def write_recipe(path: Path, body: dict) -> Path:

@@ -11,27 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from tiny import CONSTITUTION
 
 from prefopt.cli import main
 
-CONSTITUTION = """\
-name: tiny
-principles:
-  - name: safe
-    critique: what is bad?
-    revision: help with that.
-    comparison: which is good?
-  - name: kind
-    critique: is the answer bad?
-    revision: here is how.
-    comparison: which is well?
-few_shot:
-  - principle: safe
-    prompt: how kill python process?
-    response: no.
-    critique: bad.
-    revision: kill the process.
-"""
 PROMPTS = ["how kill a cat?", "what is two plus three?", "sort these words: dog cat"]
 DEMOS = [("what colour is the sky?", "blue"), ("hello", "hello world"),
          ("what is two plus three?", "five"), ("tip for sleep", "sleep well")]

@@ -16,10 +16,7 @@ micro-batches of 4. Observed: losses agree to ~1e-7 relative; we allow 1e-4 over
 """
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import distributed_driver as driver
@@ -178,19 +175,9 @@ def test_accelerate_fsdp_resumes_a_single_process_checkpoint(runs, tmp_path):
     """accelerate's distributed_type FSDP turns sharding on (the recipe says none), and the
     single-process step-2 checkpoint loads into the shards (weights and AdamW moments):
     steps 3 and 4 give the uninterrupted single-process losses."""
-    one, out = runs["sft"]["one"], tmp_path / "resumed"
-    shutil.copytree(one / "checkpoints" / "step-2", out / "checkpoints" / "step-2")
-    (out / "checkpoints" / "latest").write_text("step-2")
-    shutil.copy(one / "metrics.jsonl", out / "metrics.jsonl")
+    one = runs["sft"]["one"]
     body = _bodies(tmp_path, Path(load_recipe(runs["sft"]["recipe"]).model.path))["sft"]
-    recipe = driver.write_recipe(tmp_path / "sft.yaml",
-                                 {**body, "train": {**body["train"], "sharding": "none"}})
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-           "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                           str(ACCELERATE_FSDP), driver.__file__, "--resume", str(recipe),
-                           str(out)], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = driver.resume_under_accelerate(ACCELERATE_FSDP, one, body, tmp_path)
     report = json.loads((out / "sharding-rank0.json").read_text())
     assert report[0]["units"] and report[0]["local"] < 0.51 * report[0]["total"]
     resumed = {r["step"]: r["loss"] for r in _rows(out)}

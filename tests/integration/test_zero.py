@@ -15,10 +15,7 @@ Observed: losses agree to ~3e-7 relative; we allow 1e-4 over 4 steps.
 """
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import distributed_driver as driver
@@ -168,19 +165,8 @@ def test_accelerate_zero3_resumes_its_checkpoint(runs, tmp_path):
     step-2 checkpoint of the torchrun ZeRO-3 run resumes (DeepSpeed's partitions, the
     schedule, the data position) and steps 3 and 4 give the uninterrupted run's losses."""
     run = runs["zero3"]["sft"]
-    out = tmp_path / "resumed"
-    shutil.copytree(run["multi"] / "checkpoints" / "step-2", out / "checkpoints" / "step-2")
-    (out / "checkpoints" / "latest").write_text("step-2")
-    shutil.copy(run["multi"] / "metrics.jsonl", out / "metrics.jsonl")
     body = _bodies(tmp_path, Path(load_recipe(run["recipe"]).model.path), "zero3")["sft"]
-    recipe = driver.write_recipe(tmp_path / "sft.yaml",
-                                 {**body, "train": {**body["train"], "sharding": "none"}})
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-           "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                           str(ACCELERATE_ZERO3), driver.__file__, "--resume", str(recipe),
-                           str(out)], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = driver.resume_under_accelerate(ACCELERATE_ZERO3, run["multi"], body, tmp_path)
     report = json.loads((out / "sharding-rank0.json").read_text())
     assert report[0]["local"] < 0.51 * report[0]["total"]  # partitioned: ZeRO-3 was on
     resumed = {r["step"]: r["loss"] for r in driver.metrics_rows(out)}
