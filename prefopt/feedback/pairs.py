@@ -6,7 +6,8 @@ simulated annotators (each vote a Bradley–Terry sample from the gold with its 
 ``majority`` the hard majority vote; ``length_biased`` the vote share of annotators with a
 length bias; ``gold`` the oracle label sign(r*(a) − r*(b)) (an ablation). The pair is
 oriented so that ``chosen`` is the preferred response and ``label`` ≥ 0.5. Identical
-responses carry no preference and are counted and dropped. The pairs are written to
+responses carry no preference and are counted and dropped, and so are pairs with an empty
+response (the data loaders refuse empty completions, so such a pair could not be read back). The pairs are written to
 ``RUN/data/pairs-SPLIT.jsonl`` and a report lands in summary.json.
 """
 
@@ -52,16 +53,20 @@ def sample_pairs(world, policy, records: list[PromptRecord], annotators: str,
     b = policy.generate(prompts, sampling).texts
     labels = label_pairs(world, records, a, b, annotators, seed)
     gold = world.gold.score(records, a), world.gold.score(records, b)
-    pairs, identical, agree, decided = [], 0, 0, 0
+    pairs, identical, empty, agree, decided = [], 0, 0, 0, 0
     for i, (r, x, y, p) in enumerate(zip(records, a, b, labels)):
         if x == y:
             identical += 1
+            continue
+        if not x.strip() or not y.strip():
+            empty += 1
             continue
         pairs.append(orient(r, x, y, p, f"{r.id}:{i}", annotators))
         if gold[0][i] != gold[1][i] and p != 0.5:
             decided += 1
             agree += (p > 0.5) == (gold[0][i] > gold[1][i])
     report = {"prompts": len(records), "pairs": len(pairs), "skipped/identical": identical,
+              "skipped/empty": empty,
               "agreement_with_gold": agree / max(decided, 1), "annotators": annotators}
     return pairs, report
 
